@@ -1,0 +1,355 @@
+"""The HoverFast network and a strict loader for upstream checkpoints.
+
+HoverFast is a U-Net with one shared encoder and two decoders: ``up_path``/``last`` give nucleus vs
+background logits, ``up_path_m``/``last_m`` the horizontal and vertical distance maps. Module names
+here reproduce upstream state-dict keys exactly, so official checkpoints load as they are and
+checkpoints we write load in HoverFast itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .device import resolve_device
+
+log = logging.getLogger(__name__)
+
+UpMode = Literal["upconv", "upsample"]
+ConvBlock = Literal["msunet", "unet"]
+
+#: Checkpoint keys holding the network configuration (upstream names).
+CONFIG_KEYS = ("n_classes", "in_channels", "depth", "wf", "padding", "batch_norm", "up_mode", "conv_block")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be turned into a HoverFast network; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a HoverFast network, as stored in upstream checkpoints."""
+
+    n_classes: int = 2
+    in_channels: int = 3
+    depth: int = 3
+    wf: int = 4
+    padding: bool = True
+    batch_norm: bool = True
+    up_mode: UpMode = "upconv"
+    conv_block: ConvBlock = "msunet"
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("n_classes", "in_channels", "depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name}={value!r} (a positive integer is needed)")
+        if not isinstance(self.wf, int) or isinstance(self.wf, bool) or not 0 <= self.wf <= 10:
+            problems.append(f"wf={self.wf!r} (an integer from 0 to 10 is needed)")
+        for name in ("padding", "batch_norm"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}={getattr(self, name)!r} (true or false is needed)")
+        if self.up_mode not in ("upconv", "upsample"):
+            problems.append(f"up_mode={self.up_mode!r} (supported: 'upconv', 'upsample')")
+        if self.conv_block not in ("msunet", "unet"):
+            problems.append(f"conv_block={self.conv_block!r} (supported: 'msunet', 'unet')")
+        if self.padding is False:
+            problems.append("padding=False (valid convolutions shrink the output; only padded networks are supported)")
+        if problems:
+            raise CheckpointError("Unsupported HoverFast configuration: " + "; ".join(problems))
+
+    @property
+    def multiple(self) -> int:
+        """Input height and width must be a multiple of this (one halving per level)."""
+        return 2 ** (self.depth - 1)
+
+
+def _plain_block(in_ch: int, out_ch: int, kernel: int, padding: bool, batch_norm: bool) -> nn.Sequential:
+    """conv → [BN] → ReLU, twice; indices match upstream ``block.N`` keys."""
+    layers: list[nn.Module] = []
+    for i in range(2):
+        layers.append(nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, kernel, padding=kernel // 2 if padding else 0))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_ch))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class PlainBlock(nn.Module):
+    """U-Net double convolution (``conv_block = "unet"``)."""
+
+    def __init__(self, in_ch: int, out_ch: int, padding: bool, batch_norm: bool, kernel: int = 3) -> None:
+        super().__init__()
+        self.block = _plain_block(in_ch, out_ch, kernel, padding, batch_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class MultiScaleBlock(nn.Module):
+    """MSU-Net block: 3×3 and 7×7 double convolutions side by side, mixed by a 1×1 convolution."""
+
+    def __init__(self, in_ch: int, out_ch: int, padding: bool, batch_norm: bool) -> None:
+        super().__init__()
+        self.conv_3 = PlainBlock(in_ch, out_ch, padding, batch_norm, kernel=3)
+        self.conv_7 = PlainBlock(in_ch, out_ch, padding, batch_norm, kernel=7)
+        self.conv = nn.Conv2d(2 * out_ch, out_ch, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.conv_3(x), self.conv_7(x)], dim=1))
+
+
+def _make_block(config: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
+    cls = MultiScaleBlock if config.conv_block == "msunet" else PlainBlock
+    return cls(in_ch, out_ch, config.padding, config.batch_norm)
+
+
+class UpBlock(nn.Module):
+    """Upsample ×2, concatenate the (centre-cropped) encoder skip, then a block."""
+
+    def __init__(self, config: ModelConfig, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.up: nn.Module
+        if config.up_mode == "upconv":
+            self.up = nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2)
+        else:
+            self.up = nn.Sequential(nn.Upsample(mode="bilinear", scale_factor=2), nn.Conv2d(in_ch, out_ch, kernel_size=1))
+        self.conv_block = _make_block(config, in_ch, out_ch)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = self.up(x)
+        dy = (skip.shape[-2] - up.shape[-2]) // 2
+        dx = (skip.shape[-1] - up.shape[-1]) // 2
+        skip = skip[..., dy : dy + up.shape[-2], dx : dx + up.shape[-1]]
+        return self.conv_block(torch.cat([up, skip], dim=1))
+
+
+class HoverFastNet(nn.Module):
+    """HoverFast: shared encoder, a nucleus-logit decoder and a distance-map decoder.
+
+    ``forward(x)`` takes float32 N×3×H×W in [0, 1] (H and W multiples of ``config.multiple``) and
+    returns ``(logits N×n_classes×H×W, maps N×2×H×W)``; channel 1 of the logits is "nucleus", map
+    channel 0 is horizontal (x) and channel 1 vertical (y).
+    """
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        c = self.config
+        widths = [2 ** (c.wf + i) for i in range(c.depth)]
+        self.down_path = nn.ModuleList()
+        prev = c.in_channels
+        for w in widths:
+            self.down_path.append(_make_block(c, prev, w))
+            prev = w
+        self.up_path = nn.ModuleList()
+        self.up_path_m = nn.ModuleList()
+        for w in reversed(widths[:-1]):
+            self.up_path.append(UpBlock(c, prev, w))
+            self.up_path_m.append(UpBlock(c, prev, w))
+            prev = w
+        self.last = nn.Conv2d(prev, c.n_classes, kernel_size=1)
+        self.last_m = nn.Conv2d(prev, 2, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        skips = []
+        for i, down in enumerate(self.down_path):
+            x = down(x)
+            if i != len(self.down_path) - 1:
+                skips.append(x)
+                x = F.max_pool2d(x, 2)
+        y, m = x, x
+        for up, up_m, skip in zip(self.up_path, self.up_path_m, reversed(skips)):
+            y = up(y, skip)
+            m = up_m(m, skip)
+        return self.last(y), self.last_m(m)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network ready for inference plus what the user should see about it."""
+
+    net: HoverFastNet
+    config: ModelConfig
+    device: torch.device
+    source: str
+    sha256: str
+
+    @property
+    def parameter_count(self) -> int:
+        return self.net.parameter_count()
+
+    def describe(self) -> str:
+        c = self.config
+        return (
+            f"HoverFast depth {c.depth}, wf {c.wf} ({2**c.wf} channels), {c.conv_block}/{c.up_mode}, "
+            f"{self.parameter_count:,} parameters, on {self.device.type}"
+        )
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint is not a file: {path}")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"Cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+
+
+def _torch_load(data: bytes, name: str) -> Any:
+    """``torch.load`` with ``weights_only=True`` and errors turned into plain sentences."""
+    if len(data) == 0:
+        raise CheckpointError(f"{name} is empty (0 bytes): not a PyTorch checkpoint")
+    is_zip = data[:4] == b"PK\x03\x04"
+    is_legacy_pickle = data[:1] == b"\x80"
+    if not (is_zip or is_legacy_pickle):
+        raise CheckpointError(f"{name} is not a PyTorch checkpoint (it starts with {data[:8]!r})")
+    if is_zip:
+        try:
+            zipfile.ZipFile(io.BytesIO(data)).testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise CheckpointError(f"{name} is truncated or corrupt ({exc}); copy the file again") from exc
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+            first = msg.strip().splitlines()
+            detail = next((line for line in first if "Unsupported" in line or "GLOBAL" in line), first[0] if first else "")
+            raise CheckpointError(
+                f"{name} contains Python objects beyond tensors and plain values ({detail.strip()}); "
+                "it was refused because loading it could run code. Re-save only the state dict and config."
+            ) from exc
+        raise CheckpointError(f"{name} is truncated or corrupt: {msg.splitlines()[0] if msg else exc}") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{name} is truncated or corrupt: {first[0] if first else type(exc).__name__}") from exc
+
+
+def _config_from_checkpoint(ckpt: dict[str, Any], name: str) -> ModelConfig:
+    missing = [k for k in CONFIG_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{name} holds no HoverFast configuration (missing {', '.join(missing)}); "
+            "pass config=ModelConfig(...) to load a bare state dict"
+        )
+    values = {k: ckpt[k] for k in CONFIG_KEYS}
+    if values["n_classes"] != 2:
+        raise CheckpointError(f"Unsupported HoverFast configuration: n_classes={values['n_classes']!r} (HoverFast has 2)")
+    if values["in_channels"] != 3:
+        raise CheckpointError(f"Unsupported HoverFast configuration: in_channels={values['in_channels']!r} (RGB, 3, is needed)")
+    return ModelConfig(**values)
+
+
+def _apply_state_dict(net: HoverFastNet, state: dict[str, Any], name: str) -> None:
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{name}: 'model_dict' is not a state dict of tensors")
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys, first {missing[0]!r}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys, first {unexpected[0]!r}")
+        raise CheckpointError(
+            f"{name} is not a checkpoint of this HoverFast network ({net.config.depth=}, {net.config.wf=}, "
+            f"{net.config.conv_block=}): " + "; ".join(parts)
+        )
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        k, got, want = wrong[0]
+        raise CheckpointError(f"{name}: {len(wrong)} tensors have the wrong shape, first {k!r} is {got}, expected {want}")
+    net.load_state_dict(state, strict=True)
+
+
+def build_model(
+    state: dict[str, torch.Tensor], config: ModelConfig, *, device: str | torch.device = "auto", name: str = "state dict"
+) -> LoadedModel:
+    """A network from a bare state dict and an explicit configuration, in eval mode on ``device``."""
+    net = HoverFastNet(config)
+    _apply_state_dict(net, state, name)
+    dev = resolve_device(device)
+    net = net.to(dev).eval()
+    if dev.type == "cpu":
+        net = net.to(memory_format=torch.channels_last)
+    digest = hashlib.sha256(b"".join(v.detach().cpu().contiguous().numpy().tobytes() for v in state.values())).hexdigest()
+    return LoadedModel(net=net, config=config, device=dev, source=name, sha256=digest)
+
+
+def load_checkpoint(
+    path: str | PathLike[str], device: str | torch.device = "auto", *, config: ModelConfig | None = None
+) -> LoadedModel:
+    """Load an upstream HoverFast checkpoint (or a bare state dict with ``config``), ready for inference.
+
+    Configuration comes from the file itself, so every legal depth, width, up-mode, batch-norm and block
+    type loads. The file is read with ``weights_only=True``: a pickle that would execute code is refused.
+    """
+    path = Path(path)
+    name = path.name
+    data = _read_bytes(path)
+    ckpt = _torch_load(data, name)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{name} holds a {type(ckpt).__name__}, not a HoverFast checkpoint dict")
+    if "model_dict" in ckpt:
+        state = ckpt["model_dict"]
+        cfg = config or _config_from_checkpoint(ckpt, name)
+    elif config is not None:
+        state = ckpt
+        cfg = config
+    elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise CheckpointError(f"{name} is a bare state dict: pass config=ModelConfig(...) to say its architecture")
+    else:
+        raise CheckpointError(f"{name} is not a HoverFast checkpoint (no 'model_dict'; keys: {', '.join(map(str, list(ckpt)[:6]))})")
+    loaded = build_model(state, cfg, device=device, name=name)
+    digest = hashlib.sha256(data).hexdigest()
+    log.info("Loaded %s: %s", name, loaded.describe())
+    return LoadedModel(net=loaded.net, config=cfg, device=loaded.device, source=str(path), sha256=digest)
+
+
+def save_checkpoint(
+    path: str | PathLike[str],
+    net: HoverFastNet,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    epoch: int = 0,
+    best_loss: float = float("inf"),
+    half: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint in the upstream layout, so HoverFast itself can load it.
+
+    ``half`` stores floating tensors as float16 (shipping size); loading converts back to float32.
+    """
+    state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu()) for k, v in net.state_dict().items()}
+    ckpt: dict[str, Any] = {
+        "model_dict": state,
+        "optim_dict": optimizer.state_dict() if optimizer is not None else {},
+        "epoch": int(epoch),
+        "best_loss_on_test": float(best_loss),
+        **asdict(net.config),
+    }
+    if extra:
+        ckpt.update(extra)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
