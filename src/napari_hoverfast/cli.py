@@ -1,0 +1,141 @@
+"""Command line: ``napari-hoverfast segment`` and ``napari-hoverfast train``.
+
+Heavy imports happen inside the commands so ``--help`` is instant. Every expected failure (bad file,
+bad option, missing model) exits non-zero with one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("napari_hoverfast")
+
+
+class CliError(Exception):
+    """An error to report as one line, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-hoverfast", description="HoverFast nuclei segmentation, headless.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment nuclei in a slide or image and write QuPath GeoJSON")
+    seg.add_argument("input", type=Path, help="a slide tiffslide opens (SVS, NDPI, tiled TIFF…) or an RGB image")
+    seg.add_argument("-o", "--output", type=Path, required=True, help="OUT.geojson or OUT.geojson.gz")
+    seg.add_argument("--model", type=Path, default=None, help="HoverFast checkpoint (.pth); default: the embedded model")
+    seg.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="region in level-0 pixels")
+    seg.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    seg.add_argument("--batch-size", type=_positive_int, default=None, help="tiles per forward pass")
+    seg.add_argument("--stain", choices=("he", "ihc_dab"), default="he", help="he, or ihc_dab (haematoxylin only)")
+    seg.add_argument("--min-area", type=_non_negative_float, default=5.0, metavar="UM2", help="smallest nucleus, µm² (5)")
+    seg.add_argument("--mpp", type=_positive_float, default=None, help="µm per pixel when the file does not say")
+    seg.add_argument("--tissue-mask", type=Path, default=None, help="binary tissue mask image (any scale) for whole-slide runs")
+    seg.add_argument("--csv", type=Path, default=None, help="also write per-nucleus measurements as CSV")
+    seg.add_argument("--workers", type=int, default=None, help="post-processing processes (default: CPU count)")
+
+    tr = sub.add_parser("train", help="train or fine-tune a HoverFast model on annotated tiles")
+    tr.add_argument("data", type=Path, nargs="+", help="folders with images/ and masks/ (or NAME.geojson)")
+    tr.add_argument("-o", "--output", type=Path, required=True, help="checkpoint to write (upstream format)")
+    tr.add_argument("--steps", type=_positive_int, default=2000)
+    tr.add_argument("--batch-size", type=_positive_int, default=8)
+    tr.add_argument("--patch-size", type=_positive_int, default=256)
+    tr.add_argument("--lr", type=_positive_float, default=1e-3)
+    tr.add_argument("--depth", type=_positive_int, default=3)
+    tr.add_argument("--wf", type=int, default=4)
+    tr.add_argument("--conv-block", choices=("msunet", "unet"), default="msunet")
+    tr.add_argument("--up-mode", choices=("upconv", "upsample"), default="upconv")
+    tr.add_argument("--val", nargs="*", default=(), metavar="NAME", help="tile names used for validation")
+    tr.add_argument("--exclude", nargs="*", default=(), metavar="NAME", help="tile names never used (held out)")
+    tr.add_argument("--eval-every", type=_positive_int, default=100)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    tr.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint written by train")
+    tr.add_argument("--max-minutes", type=_positive_float, default=None, help="stop after this long")
+    return parser
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .core.model import ModelConfig
+    from .core.train import TrainOptions, train
+
+    options = TrainOptions(
+        data=tuple(args.data),
+        output=args.output,
+        config=ModelConfig(depth=args.depth, wf=args.wf, conv_block=args.conv_block, up_mode=args.up_mode),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        learning_rate=args.lr,
+        eval_every=args.eval_every,
+        val_names=tuple(args.val),
+        exclude=tuple(args.exclude),
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        resume=args.resume,
+        max_minutes=args.max_minutes,
+    )
+    with tqdm(total=options.steps, unit="step", dynamic_ncols=True) as bar:
+
+        def show(p):  # type: ignore[no-untyped-def]
+            bar.n = p.step
+            bar.set_postfix(loss=f"{p.loss:.3f}", best_val=f"{p.best_val_loss:.3f}")
+            bar.refresh()
+
+        result = train(options, on_progress=show)
+    print(
+        f"trained {result.steps_done} steps in {result.seconds:.0f} s on {len(result.train_names)} tiles; "
+        f"best validation loss {result.best_val_loss:.4f}; wrote {result.output}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "train":
+            return _run_train(args)
+        from .cli_segment import run_segment
+
+        return run_segment(args)
+    except KeyboardInterrupt:
+        print("napari-hoverfast: interrupted", file=sys.stderr)
+        return 130
+    except (CliError, ValueError, OSError) as exc:
+        print(f"napari-hoverfast: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
