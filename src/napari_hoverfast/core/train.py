@@ -149,12 +149,12 @@ def _to_tensors(batch: tuple[np.ndarray, np.ndarray, np.ndarray], device: torch.
     return x.contiguous(memory_format=torch.channels_last), mask, maps
 
 
-def _lr_at(step: int, steps: int, base: float) -> float:
-    """Linear warm-up over 3 % of the run, then cosine decay to 1 % of ``base``."""
-    warm = max(1, int(0.03 * steps))
-    if step < warm:
-        return base * (step + 1) / warm
-    t = (step - warm) / max(1, steps - warm)
+def _lr_at(fraction: float, base: float) -> float:
+    """Linear warm-up over the first 3 % of the run, then cosine decay to 1 % of ``base``."""
+    warm = 0.03
+    if fraction < warm:
+        return base * max(fraction, 0.001) / warm
+    t = min(1.0, (fraction - warm) / (1.0 - warm))
     return base * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
@@ -207,8 +207,13 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
     net.train()
     done = start_step
     for step in range(start_step, options.steps):
+        # With a time budget, the schedule follows whichever runs out first (steps or time), so the
+        # learning rate is annealed when the run stops; without one, training is fully deterministic.
+        fraction = step / options.steps
+        if options.max_minutes is not None:
+            fraction = max(fraction, (time.perf_counter() - started) / (60 * options.max_minutes))
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, options.steps, options.learning_rate)
+            group["lr"] = _lr_at(fraction, options.learning_rate)
         x, mask, maps = _to_tensors(make_batch(train_tiles, options.batch_size, options.patch_size, rng, options.augment), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits, pred = net(x)
