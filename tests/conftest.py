@@ -1,0 +1,38 @@
+"""Shared fixtures: the read-only data folder next to the repository and the QuPath GeoJSON checker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared folder (real test data, tools): ``$HOVERFAST_SHARED`` or ``<repo root>/../shared``."""
+    folder = Path(os.environ.get("HOVERFAST_SHARED", REPO_ROOT.parent / "shared"))
+    if not folder.is_dir():
+        pytest.skip(f"shared folder {folder} not found (set HOVERFAST_SHARED to the folder holding data/ and tools/)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def qupath_check(shared_dir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``tools/qupath_geojson_check.py FILE *args``; the result has ``returncode`` and ``stdout``."""
+    script = shared_dir / "tools" / "qupath_geojson_check.py"
+    if not script.is_file():
+        pytest.skip(f"QuPath GeoJSON checker {script} not found")
+
+    def run(path: str | os.PathLike[str], *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(script), str(path), *args],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+
+    return run
