@@ -310,3 +310,23 @@ def test_input_validation():
         segment(mask, hv, not_an_option=1)  # type: ignore[call-arg]
     assert segment(mask, hv) == []
     assert labels_to_polygons(np.zeros((4, 4), np.int32)) == []
+
+
+def test_simplify_is_douglas_peucker_with_a_topology_preserving_fallback():
+    labels = dense_ellipses(2, size=256, tries=150)
+    labels[100:103, 0:200] = labels.max() + 1  # a long thin bar
+    exact = labels_to_polygons(labels, simplify=0)
+    fallbacks = 0
+    for tol in (6.0, 40.0):
+        simple = dict(labels_to_polygons(labels, simplify=tol))
+        assert set(simple) == {label for label, _ in exact}  # nothing collapsed away
+        for label, poly in exact:
+            eps = tol * poly.length / 1000
+            plain = poly.simplify(eps, preserve_topology=False)
+            if not (isinstance(plain, shapely.Polygon) and plain.is_valid and not plain.is_empty):
+                plain = poly.simplify(eps, preserve_topology=True)
+                fallbacks += 1
+            assert simple[label].equals(plain), label
+            if tol == 6.0:  # at upstream's tolerance GEOS's topology-preserving result agrees
+                assert simple[label].equals(poly.simplify(eps, preserve_topology=True)), label
+    assert fallbacks > 0  # the fallback was exercised (small nuclei collapse at tolerance 40)

@@ -264,49 +264,41 @@ def _largest_piece(own: np.ndarray) -> np.ndarray:
 def _outline(own: np.ndarray, row0: int, col0: int) -> np.ndarray | None:
     """Exterior ring (x, y) of a boolean crop whose top-left pixel is (row0, col0).
 
-    The crop is upsampled x2 (nearest) and padded, so marching squares at 0.5 runs along pixel
-    edges except for 0.25-px cuts at corners, which never cross a pixel centre. Foreground is taken
-    as 8-connected at saddles, so diagonal chains give one ring with a narrow neck, not a ring that
+    The ring runs along pixel edges and cuts every corner by 0.25 px, so it never crosses a pixel
+    centre: filling it by centres gives the pixels back. Marching squares at 0.5 on the padded crop
+    gives a ring through the middles of the boundary pixel edges whose corner steps are diagonals
+    around the pixel corner K; each diagonal A -> B becomes (A + K) / 2 -> (B + K) / 2, which is what
+    marching squares returns on the crop upsampled x2, at half the cost. Foreground is 8-connected
+    at saddles, so a diagonal chain gives one ring with a 0.35-px neck rather than a ring that
     touches itself (invalid for QuPath).
     """
-    up = np.zeros((2 * own.shape[0] + 2, 2 * own.shape[1] + 2), dtype=np.float32)
-    up[1:-1, 1:-1] = own.repeat(2, axis=0).repeat(2, axis=1)
-    contours = find_contours(up, 0.5, fully_connected="high")
-    if not contours:
-        return None
+    pad = np.zeros((own.shape[0] + 2, own.shape[1] + 2), dtype=np.float64)
+    pad[1:-1, 1:-1] = own
     best = None
     best_area = 0.0
-    for c in contours:
+    for c in find_contours(pad, 0.5, fully_connected="high"):
         r, k = c[:, 0], c[:, 1]
         area = abs(float(np.dot(r[:-1], k[1:]) - np.dot(k[:-1], r[1:]))) / 2
         if area > best_area:
             best, best_area = c, area
-    if best is None or len(best) < 4:
+    if best is None:
         return None
-    best = _drop_collinear(best)
-    # upsampled index u <-> level-0 coordinate row0 + (u - 0.5) / 2
-    xy = np.empty_like(best)
-    xy[:, 0] = col0 + (best[:, 1] - 0.5) / 2
-    xy[:, 1] = row0 + (best[:, 0] - 0.5) / 2
-    return xy
-
-
-def _drop_collinear(ring: np.ndarray) -> np.ndarray:
-    """Drop vertices in the middle of straight runs (exact: coordinates are on a 0.5 grid).
-
-    Marching squares puts a vertex every half (upsampled) pixel; most of them are redundant and
-    only slow down simplification and bloat the output.
-    """
-    pts = ring[:-1]  # closed ring: last == first
-    prev = np.roll(pts, 1, axis=0)
-    nxt = np.roll(pts, -1, axis=0)
-    d1 = pts - prev
-    d2 = nxt - pts
-    turn = d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0] != 0
-    if turn.sum() < 3:
-        return ring
-    kept = pts[turn]
-    return np.concatenate([kept, kept[:1]])
+    # padded index u has its pixel centre at row0 - 1 + u + 0.5 (likewise for columns)
+    y = best[:, 0] + (row0 - 0.5)
+    x = best[:, 1] + (col0 - 0.5)
+    ax, ay, bx, by = x[:-1], y[:-1], x[1:], y[1:]
+    turn = (ax != bx) & (ay != by)
+    ax, ay, bx, by = ax[turn], ay[turn], bx[turn], by[turn]
+    # A and B are edge middles: one has an integer x (a vertical edge), the other an integer y
+    kx = np.where(ax == np.floor(ax), ax, bx)
+    ky = np.where(ay == np.floor(ay), ay, by)
+    ring = np.empty((2 * len(ax) + 1, 2))
+    ring[0:-1:2, 0] = (ax + kx) / 2
+    ring[0:-1:2, 1] = (ay + ky) / 2
+    ring[1:-1:2, 0] = (bx + kx) / 2
+    ring[1:-1:2, 1] = (by + ky) / 2
+    ring[-1] = ring[0]
+    return ring
 
 
 def _largest_polygon(geom: shapely.Geometry) -> Polygon | None:
@@ -343,6 +335,26 @@ def _repair(poly: Polygon, label: int) -> Polygon | None:
     return fixed
 
 
+def _simplify(polys: np.ndarray, tolerance: np.ndarray) -> np.ndarray:
+    """Plain Douglas-Peucker, as upstream (``cv2.approxPolyDP``); topology-preserving where it breaks.
+
+    Plain DP is ~15x faster than GEOS's topology-preserving simplifier and is what upstream does;
+    at the default tolerance the two agree on practically every nucleus. Where plain DP leaves an
+    invalid, collapsed or empty polygon, the topology-preserving result replaces it (upstream
+    would have run ``make_valid``).
+    """
+    fast = shapely.simplify(polys, tolerance, preserve_topology=False)
+    broken = (
+        ~shapely.is_valid(fast)
+        | shapely.is_empty(fast)
+        | (shapely.get_type_id(fast) != shapely.GeometryType.POLYGON)
+    )
+    if broken.any():
+        logger.debug("%d polygon(s) simplified with topology preservation", int(broken.sum()))
+        fast[broken] = shapely.simplify(polys[broken], tolerance[broken], preserve_topology=True)
+    return fast
+
+
 def labels_to_polygons(
     labels: np.ndarray,
     *,
@@ -355,7 +367,8 @@ def labels_to_polygons(
     pixel centres gives back the label's pixels (for a 4-connected label without holes). A label in
     several 8-connected pieces keeps its largest piece; holes are ignored. Labels whose kept piece
     has fewer than ``min_area_px`` pixels are dropped. ``simplify`` is upstream's Douglas-Peucker
-    tolerance (epsilon = simplify * perimeter / 1000 px), applied topology-preserving. Every
+    tolerance (epsilon = simplify * perimeter / 1000 px); a polygon that plain Douglas-Peucker
+    would break is simplified topology-preserving instead. Every
     returned polygon is valid after rounding to 0.01 px (it is returned rounded); the rare one that
     is not is repaired or dropped, with a debug log. Each label is traced on its bounding-box crop,
     so thousands of nuclei stay cheap.
@@ -395,8 +408,7 @@ def labels_to_polygons(
         shapely.linearrings(np.concatenate(rings), indices=np.repeat(np.arange(len(rings)), sizes))
     )
     if simplify > 0:
-        tolerance = simplify * shapely.length(polys) / 1000.0
-        polys = shapely.simplify(polys, tolerance, preserve_topology=True)
+        polys = _simplify(polys, simplify * shapely.length(polys) / 1000.0)
     polys = _snap(polys)
     valid = shapely.is_valid(polys) & ~shapely.is_empty(polys)
 
