@@ -154,13 +154,18 @@ class HoverFastNet(nn.Module):
         for w in widths:
             self.down_path.append(_make_block(c, prev, w))
             prev = w
+        # Registration order matches upstream, so saved state dicts list keys in the same order.
+        bottom = prev
         self.up_path = nn.ModuleList()
-        self.up_path_m = nn.ModuleList()
         for w in reversed(widths[:-1]):
             self.up_path.append(UpBlock(c, prev, w))
-            self.up_path_m.append(UpBlock(c, prev, w))
             prev = w
         self.last = nn.Conv2d(prev, c.n_classes, kernel_size=1)
+        prev = bottom
+        self.up_path_m = nn.ModuleList()
+        for w in reversed(widths[:-1]):
+            self.up_path_m.append(UpBlock(c, prev, w))
+            prev = w
         self.last_m = nn.Conv2d(prev, 2, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
