@@ -140,6 +140,8 @@ def test_argument_errors_leave_nothing(tmp_path):
         write_detections(tmp_path / "a.geojson", [SQUARE], [{"a": "big"}])
     with pytest.raises(TypeError, match="polygon 1"):
         write_detections(tmp_path / "a.geojson", [SQUARE, shapely.Point(0, 0)])
+    with pytest.raises(ValueError, match="used twice"):
+        write_detections(tmp_path / "a.geojson", [SQUARE, SQUARE], ids=["x", "x"])
     with pytest.raises(ValueError, match="color"):
         write_detections(tmp_path / "a.geojson", [SQUARE], color=(300, 0, 0))
     with pytest.raises(ValueError, match="QuPath imports"):

@@ -191,7 +191,8 @@ def _check_color(color: Iterable[int]) -> list[int]:
 
 
 def _round(geoms: np.ndarray) -> np.ndarray:
-    return shapely.transform(geoms, lambda xy: np.round(xy, _DECIMALS))
+    rounded: np.ndarray = shapely.transform(geoms, lambda xy: np.round(xy, _DECIMALS))
+    return rounded
 
 
 def _largest_polygon(geom: BaseGeometry | None) -> Polygon | None:
@@ -208,7 +209,8 @@ def _largest_polygon(geom: BaseGeometry | None) -> Polygon | None:
 def _good(geoms: np.ndarray) -> np.ndarray:
     """Valid, non-empty, positive-area polygons (what QuPath's 0.01 px precision reduction survives)."""
     is_poly = shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON
-    return is_poly & shapely.is_valid(geoms) & (shapely.area(geoms) > 0)
+    good: np.ndarray = is_poly & shapely.is_valid(geoms) & (shapely.area(geoms) > 0)
+    return good
 
 
 def _repair(geom: Polygon) -> Polygon | None:
@@ -241,27 +243,27 @@ def _prepare(chunk: list[Any], start: int, path: Path) -> tuple[list[Polygon | N
     geoms[:] = chunk
     not_geom = ~shapely.is_geometry(geoms)
     if not_geom.any():
-        i = int(np.flatnonzero(not_geom)[0])
-        raise TypeError(f"polygon {start + i}: expected a shapely Polygon, got {type(chunk[i]).__name__}")
+        bad = int(np.flatnonzero(not_geom)[0])
+        raise TypeError(f"polygon {start + bad}: expected a shapely Polygon, got {type(chunk[bad]).__name__}")
     kinds = shapely.get_type_id(geoms)
-    for i in np.flatnonzero(kinds != shapely.GeometryType.POLYGON):
+    for i in np.flatnonzero(kinds != shapely.GeometryType.POLYGON).tolist():
         if kinds[i] != shapely.GeometryType.MULTIPOLYGON:
             raise TypeError(f"polygon {start + i}: expected a shapely Polygon, got a {geoms[i].geom_type}")
         geoms[i] = _largest_polygon(geoms[i])  # nuclei are single polygons: keep the main part
     rounded = _round(geoms)
     good = _good(rounded)
     repaired = 0
-    for i in np.flatnonzero(~good):
+    for i in np.flatnonzero(~good).tolist():  # Python ints (numpy ints upset some log handlers)
         fixed = _repair(geoms[i])
         if fixed is None:
             log.warning(
                 "%s: polygon %d is not a valid polygon after rounding to 0.01 px and cannot be repaired "
                 "(%s); it is left out",
-                path, int(start + i), shapely.is_valid_reason(rounded[i]) if rounded[i] is not None else "empty",
+                path, start + i, shapely.is_valid_reason(rounded[i]) if rounded[i] is not None else "empty",
             )
         else:
             repaired += 1
-            log.debug("%s: polygon %d repaired (%s)", path, int(start + i), shapely.is_valid_reason(rounded[i]))
+            log.debug("%s: polygon %d repaired (%s)", path, start + i, shapely.is_valid_reason(rounded[i]))
         rounded[i] = fixed
     keep = ~shapely.is_missing(rounded)
     rounded[keep] = shapely.orient_polygons(rounded[keep], exterior_cw=False)
@@ -299,7 +301,8 @@ def write_detections(
     """Stream ``polygons`` (level-0 pixels) to a QuPath GeoJSON file; return how many were written.
 
     ``measurements`` and ``ids``, if given, run parallel to ``polygons`` (one mapping / one id string per
-    polygon; missing ids get a random UUID4). Any of them may be a generator: nothing is materialised
+    polygon; ``None`` ids get a random UUID4; given ids must be unique, and QuPath replaces any that is
+    not a UUID). Any of them may be a generator: nothing is materialised
     beyond a chunk of polygons. A polygon that is invalid after rounding to 0.01 px is repaired
     (largest valid part) or, if nothing is left, left out with a logged warning; a MultiPolygon is
     reduced to its largest part. Raises :class:`GeoJSONError` when the file cannot be written (nothing is
@@ -315,10 +318,11 @@ def write_detections(
         raise ValueError(f"name must be a non-blank single-line string (a QuPath class name), got {name!r}")
     properties_base = {"objectType": object_type, "classification": {"name": name, "color": _check_color(color)}}
 
-    missing = object()
+    missing: Any = object()
     meas_iter: Iterator[Any] = iter(measurements) if measurements is not None else itertools.repeat(None)
     id_iter: Iterator[Any] = iter(ids) if ids is not None else itertools.repeat(None)
     poly_iter = iter(polygons)
+    seen_ids: set[str] = set()  # QuPath does not notice duplicates inside a file; we refuse them
     written = dropped = repaired = 0
     index = 0
     with _atomic_text_file(path) as out:
@@ -343,6 +347,10 @@ def write_detections(
                     given_id = str(uuid.uuid4())
                 elif not isinstance(given_id, str):
                     raise ValueError(f"feature {index}: id must be a string, got {given_id!r}")
+                elif given_id in seen_ids:
+                    raise ValueError(f"feature {index}: id {given_id!r} is used twice")
+                else:
+                    seen_ids.add(given_id)
                 feature = {
                     "type": "Feature",
                     "id": given_id,
@@ -357,8 +365,9 @@ def write_detections(
             if given is not None and next(rest, missing) is not missing:
                 raise ValueError(f"{label} has more items than polygons ({index})")
         out.write("\n]}\n")
-    if dropped or repaired:
-        log.warning("%s: %d polygon(s) repaired, %d left out as unrepairable", path, repaired, dropped)
+    if dropped or repaired:  # repairs are routine (pixel-traced outlines pinch); losing a nucleus is not
+        log.log(logging.WARNING if dropped else logging.INFO,
+                "%s: %d polygon(s) repaired, %d left out as unrepairable", path, repaired, dropped)
     log.debug("%s: wrote %d detection(s)", path, written)
     return written
 
