@@ -1,0 +1,57 @@
+"""Tile geometry: owned cells partition the region exactly; inputs share one size and carry context."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_hoverfast.core.tiling import Box, TilingOptions, order_by_distance, plan_tiles
+
+
+@pytest.mark.parametrize(
+    ("region", "tile", "overlap"),
+    [(Box(0, 0, 1024, 1024), 1024, 128), (Box(10, 20, 3000, 1700), 1024, 128), (Box(5, 7, 600, 2500), 512, 64), (Box(0, 0, 37, 45), 1024, 128)],
+)
+def test_owned_cells_partition_the_region(region: Box, tile: int, overlap: int) -> None:
+    tiles = plan_tiles(region, TilingOptions(tile=tile, overlap=overlap), multiple=8)
+    cover = np.zeros((region.h, region.w), np.int32)
+    for spec in tiles:
+        o = spec.owned
+        cover[o.y - region.y : o.y - region.y + o.h, o.x - region.x : o.x - region.x + o.w] += 1
+        # every owned pixel has at least overlap/2 of context inside the tile input
+        m = overlap // 2
+        assert spec.input.x <= o.x - m and spec.input.y <= o.y - m
+        assert spec.input.x + spec.input.w >= o.x + o.w + m and spec.input.y + spec.input.h >= o.y + o.h + m
+        assert spec.input.w % 8 == 0 and spec.input.h % 8 == 0
+    assert (cover == 1).all()
+    assert len({(t.input.w, t.input.h) for t in tiles}) == 1
+    assert [t.index for t in tiles] == list(range(len(tiles)))
+
+
+def test_region_no_wider_than_a_tile_is_one_tile() -> None:
+    (spec,) = plan_tiles(Box(100, 100, 1024, 1024))
+    assert (spec.input.w, spec.input.h) == (1152, 1152)
+    assert spec.owned == Box(100, 100, 1024, 1024)
+
+
+def test_half_open_ownership_on_seams() -> None:
+    tiles = plan_tiles(Box(0, 0, 2000, 900), TilingOptions(tile=1024, overlap=128))
+    seam = tiles[1].owned.x
+    owners = [t.index for t in tiles if t.owned.contains(seam, 10)]
+    assert owners == [1]
+    assert not tiles[0].owned.contains(seam, 10)
+
+
+def test_order_by_distance_puts_the_view_first() -> None:
+    tiles = plan_tiles(Box(0, 0, 5000, 5000))
+    ordered = order_by_distance(tiles, (4900, 4900))
+    assert ordered[0].owned.contains(4900, 4900)
+    d = [(t.owned.centre[0] - 4900) ** 2 + (t.owned.centre[1] - 4900) ** 2 for t in ordered]
+    assert d == sorted(d)
+
+
+def test_bad_options_and_regions() -> None:
+    with pytest.raises(ValueError, match="Empty region"):
+        Box(0, 0, 0, 10)
+    with pytest.raises(ValueError, match="Overlap"):
+        TilingOptions(tile=256, overlap=200)
