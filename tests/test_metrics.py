@@ -115,6 +115,8 @@ def test_threshold_below_half_is_greedy_one_to_one():
 def test_huge_sparse_ids_are_fine():
     pred = np.where(TRUE == 1, 2_000_000_000, np.where(TRUE == 2, 5, 0)).astype(np.int64)
     assert detection_f1(TRUE, pred) == 1.0
+    big = np.where(TRUE == 1, np.uint64(2**63 + 5), np.uint64(0)).astype(np.uint64)
+    assert score(TRUE == 1, big).pq == 1.0
 
 
 def test_many_instances_contingency():

@@ -330,3 +330,26 @@ def test_simplify_is_douglas_peucker_with_a_topology_preserving_fallback():
             if tol == 6.0:  # at upstream's tolerance GEOS's topology-preserving result agrees
                 assert simple[label].equals(poly.simplify(eps, preserve_topology=True)), label
     assert fallbacks > 0  # the fallback was exercised (small nuclei collapse at tolerance 40)
+
+
+def test_sparse_huge_label_ids_keep_their_ids():
+    labels = np.zeros((20, 20), np.int64)
+    labels[2:6, 2:6] = 3_000_000_000
+    labels[10:15, 10:12] = 7
+    polys = dict(labels_to_polygons(labels, simplify=0))
+    assert set(polys) == {7, 3_000_000_000}
+    assert polys[3_000_000_000].bounds == (2.0, 2.0, 6.0, 6.0)
+    full = np.full((4, 4), 2**40, np.int64)  # no background at all
+    [(label, poly)] = labels_to_polygons(full, simplify=0)
+    assert label == 2**40 and poly.bounds == (0.0, 0.0, 4.0, 4.0)
+
+
+def test_repair_returns_a_valid_polygon_or_nothing():
+    from napari_hoverfast.core.postprocess import _repair
+
+    bowtie = shapely.Polygon([(0, 0), (4, 4), (4, 0), (0, 4)])  # self-intersecting
+    fixed = _repair(bowtie, 1)
+    assert fixed is not None and fixed.is_valid and fixed.area == pytest.approx(4)
+    assert shapely.set_precision(fixed, 0.01, mode="pointwise").is_valid
+    sliver = shapely.Polygon([(0, 0), (1, 0.001), (2, 0), (1, 0.002)])  # vanishes on the 0.01 grid
+    assert _repair(sliver, 2) is None

@@ -69,14 +69,16 @@ def _labels(x: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.integer) and x.dtype != bool:
         raise ValueError(f"{name} must be an integer label image, got dtype {x.dtype}")
-    flat = x.ravel().astype(np.int64, copy=False)
-    if flat.size and flat.min() < 0:
+    flat = x.ravel()
+    if flat.size == 0:
+        return flat.astype(np.int64)
+    if flat.min() < 0:
         raise ValueError(f"{name} has negative labels; 0 is background, instances are > 0")
-    if flat.size and flat.max() > 4 * flat.size + 16:
+    if flat.max() > 4 * flat.size + 16:
         # sparse huge ids: compress to 0..K, keeping 0 as 0
         uniq, inverse = np.unique(flat, return_inverse=True)
-        flat = inverse.astype(np.int64) + (0 if uniq[0] == 0 else 1)
-    return flat
+        return inverse.astype(np.int64) + (0 if uniq[0] == 0 else 1)
+    return flat.astype(np.int64, copy=False)
 
 
 def _check_pair(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -368,10 +368,10 @@ def labels_to_polygons(
     several 8-connected pieces keeps its largest piece; holes are ignored. Labels whose kept piece
     has fewer than ``min_area_px`` pixels are dropped. ``simplify`` is upstream's Douglas-Peucker
     tolerance (epsilon = simplify * perimeter / 1000 px); a polygon that plain Douglas-Peucker
-    would break is simplified topology-preserving instead. Every
-    returned polygon is valid after rounding to 0.01 px (it is returned rounded); the rare one that
-    is not is repaired or dropped, with a debug log. Each label is traced on its bounding-box crop,
-    so thousands of nuclei stay cheap.
+    would break is simplified topology-preserving instead. Every returned polygon is valid after
+    rounding to 0.01 px (it is returned rounded); the rare one that is not is repaired or dropped,
+    with a debug log. Each label is traced on its bounding-box crop, so thousands of nuclei stay
+    cheap.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -387,10 +387,21 @@ def labels_to_polygons(
     if labels.max() == 0:
         return []
 
+    original: np.ndarray | None = None
+    if labels.max() > labels.size:
+        # sparse huge ids: find_objects would allocate one slot per id, so compress them first
+        original, inverse = np.unique(labels, return_inverse=True)
+        if original[0] != 0:  # no background pixel: keep index 0 for background all the same
+            original = np.concatenate([[0], original])
+            inverse = inverse + 1
+        labels = inverse.reshape(labels.shape)
+
+    # Skip small labels before any per-label work: a noisy mask can hold tens of thousands.
+    areas = np.bincount(labels.ravel().astype(np.intp, copy=False))
     ids: list[int] = []
     rings: list[np.ndarray] = []
     for index, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
+        if sl is None or areas[index] < min_area_px:
             continue
         own = _largest_piece(labels[sl] == index)
         if own.sum() < min_area_px:
@@ -398,7 +409,7 @@ def labels_to_polygons(
         ring = _outline(own, sl[0].start, sl[1].start)
         if ring is None:
             continue
-        ids.append(index)
+        ids.append(index if original is None else int(original[index]))
         rings.append(ring)
     if not rings:
         return []
