@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Generator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from .model import LoadedModel
 from .nuclei import Nuclei
 from .postprocess import PostprocessOptions, instance_labels, labels_to_polygons
 from .predict import Precision, PredictOptions, Predictor, Stain, prepare
+from .tissue import TissueMask, tiles_on_tissue
 from .tiling import Box, TileSpec, TilingOptions, order_by_distance, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def plan_run(
     geometry: Geometry,
     options: RunOptions,
     *,
-    tissue: Any | None = None,
+    tissue: TissueMask | None = None,
     priority: tuple[float, float] | None = None,
 ) -> list[TileSpec]:
     """Tiles in working pixels for the given level-0 regions, or for the tissue of the whole slide."""
@@ -177,20 +178,12 @@ def plan_run(
         whole = Box(0, 0, width, height).scaled(geometry.scale)
         tiles = plan_tiles(whole, options.tiling, multiple=multiple)
         if tissue is not None:
-            tiles = [t for t in tiles if _touches_tissue(t.owned.scaled(1.0 / geometry.scale), tissue)]
+            boxes = [astuple(t.owned.scaled(1.0 / geometry.scale)) for t in tiles]
+            tiles = [t for t, keep in zip(tiles, tiles_on_tissue(tissue, boxes)) if keep]
             tiles = [TileSpec(i, t.input, t.owned, t.region) for i, t in enumerate(tiles)]
     if priority is not None:
         tiles = order_by_distance(tiles, (priority[0] * geometry.scale, priority[1] * geometry.scale))
     return tiles
-
-
-def _touches_tissue(box: Box, tissue: Any) -> bool:
-    """Whether a level-0 box overlaps the tissue mask (``tissue.mask`` at ``tissue.downsample``)."""
-    ds = float(tissue.downsample)
-    mask = tissue.mask
-    x0, y0 = int(box.x // ds), int(box.y // ds)
-    x1, y1 = int(math.ceil((box.x + box.w) / ds)), int(math.ceil((box.y + box.h) / ds))
-    return bool(mask[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)].any())
 
 
 @dataclass(frozen=True)
@@ -321,7 +314,7 @@ def segment_slide(
     regions: Sequence[Box] | None = None,
     options: RunOptions | None = None,
     *,
-    tissue: Any | None = None,
+    tissue: TissueMask | None = None,
     priority: tuple[float, float] | None = None,
     cancel: threading.Event | None = None,
 ) -> Generator[Progress | NucleusBatch, None, RunResult]:
