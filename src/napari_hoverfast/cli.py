@@ -15,7 +15,7 @@ from pathlib import Path
 log = logging.getLogger("napari_hoverfast")
 
 
-class CliError(Exception):
+class CliError(ValueError):
     """An error to report as one line, exit status 2."""
 
 

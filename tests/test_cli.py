@@ -1,0 +1,95 @@
+"""The command line on real files: output QuPath accepts, a summary line, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from napari_hoverfast.cli import main
+from napari_hoverfast.core.default_model import has_default_model
+from napari_hoverfast.core.geojson import read_geojson
+
+
+@pytest.fixture(scope="module")
+def ckpt(shared_dir: Path) -> Path:
+    return shared_dir / "reference" / "ckpt_A.pth"
+
+
+@pytest.fixture(scope="module")
+def tile(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "tcga_tile.png"
+
+
+def test_segment_writes_geojson_csv_and_sidecar(tmp_path: Path, tile: Path, ckpt: Path, capsys, qupath_check) -> None:
+    out = tmp_path / "cells.geojson.gz"
+    rc = main(["segment", str(tile), "-o", str(out), "--model", str(ckpt), "--roi", "100", "200", "300", "250",
+               "--mpp", "0.25", "--device", "cpu", "--csv", str(tmp_path / "cells.csv"), "--workers", "0"])
+    assert rc == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "nuclei in 1/1 tiles" in summary and str(out) in summary
+    objects = read_geojson(out)
+    assert all(o.object_type == "detection" for o in objects)
+    for obj in objects:
+        c = obj.geometry.centroid
+        assert 100 <= c.x <= 400 and 200 <= c.y <= 450
+    check = qupath_check(out, "--expect-type", "detection")
+    assert check.returncode == 0, check.stdout
+    rows = (tmp_path / "cells.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == len(objects) + 1
+    sidecar = json.loads((tmp_path / "cells.run.json").read_text())
+    assert sidecar["model_sha256"] and sidecar["regions"] == [{"x": 100, "y": 200, "w": 300, "h": 250}]
+    assert sidecar["mpp"] == 0.25 and sidecar["nuclei"] == len(objects)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "napari_hoverfast.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("make_input", "message"),
+    [
+        (lambda d: d / "missing.svs", "no such file"),
+        (lambda d: (d / "notes.svs").write_text("not a slide") and d / "notes.svs", "notes.svs"),
+        (lambda d: (d / "empty.tif").write_bytes(b"") or d / "empty.tif", "empty"),
+    ],
+    ids=["missing", "text-with-slide-extension", "empty"],
+)
+def test_bad_input_is_one_line(tmp_path: Path, ckpt: Path, make_input, message: str) -> None:
+    path = make_input(tmp_path)
+    proc = _cli("segment", str(path), "-o", str(tmp_path / "x.geojson"), "--model", str(ckpt))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("napari-hoverfast: error:") and message in lines[0]
+    assert not (tmp_path / "x.geojson").exists()
+
+
+def test_bad_model_unwritable_output_and_bad_roi(tmp_path: Path, tile: Path, ckpt: Path) -> None:
+    (tmp_path / "weights.pth").write_text("nope")
+    proc = _cli("segment", str(tile), "-o", str(tmp_path / "x.geojson"), "--model", str(tmp_path / "weights.pth"))
+    assert proc.returncode == 2 and "not a PyTorch checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "afile").write_text("")
+    proc = _cli("segment", str(tile), "-o", str(tmp_path / "afile" / "x.geojson"), "--model", str(ckpt))
+    assert proc.returncode == 2 and "Cannot write" in proc.stderr
+    proc = _cli("segment", str(tile), "-o", str(tmp_path / "x.geojson"), "--model", str(ckpt), "--roi", "5000", "0", "10", "10")
+    assert proc.returncode == 2 and "outside" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _cli("segment", str(tile), "-o", str(tmp_path / "x.txt"), "--model", str(ckpt))
+    assert proc.returncode == 2 and ".geojson" in proc.stderr
+    proc = _cli("segment", str(tile), "-o", str(tmp_path / "x.geojson"), "--model", str(ckpt), "--device", "quantum")
+    assert proc.returncode == 2 and "Unknown device" in proc.stderr
+
+
+@pytest.mark.skipif(has_default_model(), reason="the embedded default model exists")
+def test_missing_model_without_default_is_an_error(tmp_path: Path, tile: Path) -> None:
+    proc = _cli("segment", str(tile), "-o", str(tmp_path / "x.geojson"))
+    assert proc.returncode == 2 and "--model" in proc.stderr
+
+
+def test_help_lists_the_options() -> None:
+    proc = _cli("segment", "--help")
+    for option in ("--model", "--roi", "--device", "--batch-size", "--stain", "--min-area", "--mpp"):
+        assert option in proc.stdout
