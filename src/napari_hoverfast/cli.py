@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--csv", type=Path, default=None, help="also write per-nucleus measurements as CSV")
     seg.add_argument("--workers", type=int, default=None, help="post-processing processes (default: CPU count)")
 
+    demo = sub.add_parser("demo", help="segment the bundled H&E tile with the embedded model (a first check)")
+    demo.add_argument("-o", "--output", type=Path, default=Path("hoverfast_demo.geojson"), help="where to write the nuclei")
+    demo.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+
     tr = sub.add_parser("train", help="train or fine-tune a HoverFast model on annotated tiles")
     tr.add_argument("data", type=Path, nargs="+", help="folders with images/ and masks/ (or NAME.geojson)")
     tr.add_argument("-o", "--output", type=Path, required=True, help="checkpoint to write (upstream format)")
@@ -119,6 +123,16 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_demo(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from .cli_segment import run_segment
+
+    tile = Path(str(resources.files("napari_hoverfast") / "data" / "tcga_tile.png"))
+    seg = build_parser().parse_args(["segment", str(tile), "-o", str(args.output), "--mpp", "0.25", "--device", args.device])
+    return run_segment(seg)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -126,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _run_train(args)
+        if args.command == "demo":
+            return _run_demo(args)
         from .cli_segment import run_segment
 
         return run_segment(args)
