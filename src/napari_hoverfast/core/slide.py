@@ -51,6 +51,7 @@ _UNSUPPORTED = {
 }
 _MULTI_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.tf2", ".ome.tf8", ".ome.btf")
 _PLAIN_TILE = 1024  # dask chunk size for images held in memory
+_MAX_IN_MEMORY = 1 << 30  # samples: the largest unusual TIFF read whole into memory
 _EPS = 1e-6
 
 
@@ -225,7 +226,7 @@ class _ArrayBackend:
         return _PLAIN_TILE, _PLAIN_TILE
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> npt.NDArray[np.uint8]:
-        return self._rgb[y0:y1, x0:x1]
+        return self._rgb[y0:y1, x0:x1].copy()  # never a view: callers may write into what they get
 
     def close(self) -> None:
         pass
@@ -281,6 +282,11 @@ def _read_tiff_plainly(path: Path, reason: BaseException) -> npt.NDArray[np.uint
             if not (len(shape) == 2 or (len(shape) == 3 and axes.endswith("S") and shape[2] <= 4)):
                 raise SlideError(
                     f"{path.name} is not a 2-D RGB slide: its image has axes {axes} and shape {shape}"
+                ) from reason
+            if series.size > _MAX_IN_MEMORY:
+                raise SlideError(
+                    f"{path.name} has an image layout tiffslide does not read ({reason}) and is too large "
+                    f"({shape[1]} × {shape[0]} px) to read into memory; convert it to a tiled pyramidal TIFF"
                 ) from reason
             return _to_rgb(series.asarray())
     except SlideError:
