@@ -408,3 +408,17 @@ def test_every_real_slide_in_shared_data_opens(path):
         levels = slide.to_dask()
         small = levels[-1]
         assert small[: min(64, small.shape[0]), : min(64, small.shape[1])].compute().shape[2] == 3
+
+
+def test_a_damaged_tile_is_named_when_read(tmp_path):
+    path = tmp_path / "damaged.tif"
+    tifffile.imwrite(path, he_tile()[:512, :512], tile=(256, 256), compression="jpeg", photometric="rgb")
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[3], tif.pages[0].databytecounts[3]
+    data = bytearray(path.read_bytes())
+    data[offset : offset + count] = b"\x00" * count
+    path.write_bytes(bytes(data))
+    with Slide(path) as slide:
+        assert slide.read_region(0, 0, 256, 256).shape == (256, 256, 3)  # intact tiles still read
+        with pytest.raises(SlideError, match=r"damaged.tif: cannot decode level 0 pixels x 256–512, y 256–512"):
+            slide.read_region(256, 256, 256, 256)

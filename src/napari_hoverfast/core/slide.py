@@ -571,7 +571,17 @@ class Slide:
     def _backend_read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> npt.NDArray[np.uint8]:
         if self._closed:
             raise SlideError(f"{self._path.name} is closed")
-        return self._backend.read(level, x0, y0, x1, y1)
+        try:
+            return self._backend.read(level, x0, y0, x1, y1)
+        except (SlideError, MemoryError):
+            raise
+        except Exception as exc:  # a damaged tile: say where, keep the decoder's words
+            if self._closed:
+                raise SlideError(f"{self._path.name} is closed") from None
+            raise SlideError(
+                f"{self._path.name}: cannot decode level {level} pixels x {x0}–{x1}, y {y0}–{y1} "
+                f"(damaged tile?): {type(exc).__name__}: {exc}"
+            ) from exc
 
     def read_region(
         self,
