@@ -10,6 +10,7 @@ world is in pixels. No Qt here.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LayerDataTuple",
     "UM",
+    "axis_kwargs",
     "explode_polygons",
     "image_layer_data",
     "layer_mpp",
@@ -38,6 +40,28 @@ LayerDataTuple = tuple[Any, dict[str, Any], str]
 #: napari's unit name for µm (pint reads "µm").
 UM = "µm"
 _MICROMETRE_NAMES = {"µm", "um", "micrometer", "micrometre", "micron"}
+
+
+@lru_cache(maxsize=1)
+def _napari_has_units() -> bool:
+    """napari >= 0.6 takes ``units`` (and ``axis_labels``); older versions reject unknown keywords."""
+    import inspect
+
+    try:
+        from napari.layers import Image
+    except ImportError:
+        return True  # no napari here: the layer data are for a newer one, or for tests
+    return "units" in inspect.signature(Image.__init__).parameters
+
+
+def axis_kwargs(mpp: float | None) -> dict[str, Any]:
+    """``axis_labels`` and, when the pixel size is known, µm ``units``, if this napari takes them."""
+    if not _napari_has_units():
+        return {}
+    kwargs: dict[str, Any] = {"axis_labels": ("y", "x")}
+    if mpp:
+        kwargs["units"] = (UM, UM)
+    return kwargs
 
 
 def layer_scale(mpp: float | None) -> tuple[float, float]:
@@ -68,12 +92,10 @@ def image_layer_data(
         "name": name or slide.name,
         "rgb": True,
         "scale": layer_scale(slide.mpp),
-        "axis_labels": ("y", "x"),
         "contrast_limits": (0, 255),
         "metadata": slide_metadata(slide),
+        **axis_kwargs(slide.mpp),
     }
-    if slide.mpp:
-        kwargs["units"] = (UM, UM)
     if in_memory and slide.level_count == 1:
         w, h = slide.dimensions
         data: Any = slide.read_region(0, 0, w, h)

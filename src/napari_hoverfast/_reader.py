@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ._layers import (
-    UM,
     LayerDataTuple,
+    axis_kwargs,
     explode_polygons,
     image_layer_data,
     layer_mpp,
@@ -211,9 +211,7 @@ def _shapes_layer(path: Path, objects: Sequence[Any], mpp: float | None, image_n
         "edge_color": colors,
         "face_color": "transparent",
         "edge_width": mpp or 1.0,  # one level-0 pixel
-        "axis_labels": ("y", "x"),
         "metadata": {"path": str(path), "mpp": mpp, "image": image_name},
+        **axis_kwargs(mpp),
     }
-    if mpp:
-        kwargs["units"] = (UM, UM)
     return (data, kwargs, "shapes")
