@@ -1,0 +1,101 @@
+"""Accuracy of a model on held-out annotated tiles: detection F1 (IoU > 0.5), PQ and pixel Dice, per image.
+
+    python benchmarks/bench_accuracy.py [--model PTH] [--shared ../shared] [--precision fp32]
+
+Runs the whole product path (slide reader → tiled inference → watershed → polygons) on each held-out
+tile at 40×, and again at a simulated 20× (the tile downsampled ×2 and given mpp 0.5, so the engine
+upsamples it back as it does for real 20× scans). Also reports, for the 4 hand-drawn nuclei of
+``tcga_tile.geojson``, the IoU of the best-matching predicted nucleus. The held-out names are those
+excluded in ``docs/train_default.sh``: never used for training or model selection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from skimage import io
+from skimage.transform import resize
+
+from napari_hoverfast.core.default_model import load_model
+from napari_hoverfast.core.geojson import read_geojson
+from napari_hoverfast.core.metrics import Scores, best_match_iou, rasterize, score
+from napari_hoverfast.core.pipeline import RunOptions, run_to_end, segment_slide
+from napari_hoverfast.core.slide import Slide
+from napari_hoverfast.core.tiling import Box
+
+HERE = Path(__file__).resolve().parent
+HOLDOUT = {
+    "gbm40": ["gbm_06", "gbm_13", "gbm_20", "gbm_27", "gbm_34", "gbm_40"],
+    "monuseg_train": ["TCGA-21-5786-01Z-00-DX1", "TCGA-AR-A1AS-01Z-00-DX1", "TCGA-B0-5711-01Z-00-DX1"],
+}
+
+
+def labels_from_polygons(polygons, shape: tuple[int, int], scale: float = 1.0) -> np.ndarray:
+    out = np.zeros(shape, np.int32)
+    for i, polygon in enumerate(polygons, start=1):
+        if scale != 1.0:
+            from shapely import affinity
+
+            polygon = affinity.scale(polygon, scale, scale, origin=(0, 0))
+        out[rasterize(polygon, shape)] = i
+    return out
+
+
+def predict_labels(model, image: np.ndarray, mpp: float, options: RunOptions) -> tuple[np.ndarray, int]:
+    """Run the product pipeline on an in-memory image written to a temporary PNG."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tile.png"
+        io.imsave(path, image, check_contrast=False)
+        with Slide(path, mpp=mpp) as slide:
+            result = run_to_end(segment_slide(slide, model, [Box(0, 0, *slide.dimensions)], options))
+    return labels_from_polygons(result.nuclei.polygons, image.shape[:2]), len(result.nuclei)
+
+
+def row(name: str, s: Scores) -> str:
+    return f"| {name} | {s.n_true} | {s.n_pred} | {s.f1:.3f} | {s.pq:.3f} | {s.dice:.3f} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: the embedded model)")
+    parser.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--skip-20x", action="store_true")
+    args = parser.parse_args()
+    model = load_model(args.model, device="cpu")
+    options = RunOptions(workers=0, precision=args.precision)
+    print(f"model: {model.source} ({model.describe()})")
+    print("| image | true | predicted | F1 | PQ | Dice |\n|---|---|---|---|---|---|")
+    summary: dict[str, list[Scores]] = {}
+    for dataset, names in HOLDOUT.items():
+        for name in names:
+            folder = args.shared / "data" / "nuclei" / dataset
+            image = io.imread(folder / "images" / f"{name}.png")[..., :3]
+            truth = io.imread(folder / "masks" / f"{name}.png").astype(np.int64)
+            pred, _ = predict_labels(model, image, 0.25, options)
+            s = score(truth, pred)
+            summary.setdefault(f"{dataset} 40×", []).append(s)
+            print(row(f"{name} (40×)", s))
+            if not args.skip_20x:
+                small = (resize(image, (image.shape[0] // 2, image.shape[1] // 2), order=1, anti_aliasing=True) * 255).astype(np.uint8)
+                pred20, _ = predict_labels(model, small, 0.5, options)
+                pred20 = resize(pred20, image.shape[:2], order=0, preserve_range=True, anti_aliasing=False).astype(np.int64)
+                s20 = score(truth, pred20)
+                summary.setdefault(f"{dataset} 20×", []).append(s20)
+                print(row(f"{name} (20×)", s20))
+    print("\n| set | images | mean F1 | mean PQ | mean Dice |\n|---|---|---|---|---|")
+    for key, scores in summary.items():
+        print(f"| {key} | {len(scores)} | {np.mean([s.f1 for s in scores]):.3f} | {np.mean([s.pq for s in scores]):.3f} | "
+              f"{np.mean([s.dice for s in scores]):.3f} |")
+    tile = io.imread(args.shared / "data" / "tcga_tile.png")[..., :3]
+    pred, count = predict_labels(model, tile, 0.25, options)
+    ious = [best_match_iou(obj.geometry, pred) for obj in read_geojson(args.shared / "data" / "tcga_tile.geojson")]
+    print(f"\ntcga_tile.png: {count} nuclei; best-match IoU of the 4 hand-drawn nuclei: "
+          + ", ".join(f"{v:.2f}" for v in ious) + f" ({sum(v > 0.5 for v in ious)}/4 above 0.5)")
+
+
+if __name__ == "__main__":
+    main()
