@@ -203,7 +203,7 @@ class HoverFastWidget(Container):
         #: Post-processing processes (None: the engine's choice; 0: in the run's own thread).
         self.postprocess_workers: int | None = None
 
-        self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
+        self.image = ComboBox(label="Image", choices=self._image_choices)
         has_default = has_default_model()
         self.model_choice = ComboBox(
             label="Model", choices=[MODEL_DEFAULT, MODEL_FILE] if has_default else [MODEL_FILE],

@@ -1,0 +1,349 @@
+"""The dock widget in a real viewer (pytest-qt under Xvfb), with the shared random-weight checkpoint.
+
+Outputs of random weights are meaningless but real: tiles, batches, polygons, measurements. Runs use
+256 px tiles and in-thread post-processing to stay short on a small machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+
+from napari_hoverfast._sample_data import sample_slide, sample_tile
+from napari_hoverfast._widget import (
+    MODEL_FILE,
+    NO_COLOR,
+    SCOPE_RECTANGLES,
+    SCOPE_VIEW,
+    SCOPE_WHOLE,
+    HoverFastWidget,
+    novel_nuclei,
+)
+from napari_hoverfast.core.geojson import read_geojson
+from napari_hoverfast.core.nuclei import AREA_UM2, PROBABILITY, Nuclei
+from napari_hoverfast.core.slide import Slide
+
+pytestmark = pytest.mark.gui
+
+MPP = 0.25  # the sample tile's µm per pixel
+
+
+@pytest.fixture
+def checkpoint(shared_dir: Path) -> Path:
+    path = shared_dir / "reference" / "ckpt_A.pth"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+@pytest.fixture
+def slide_cache(tmp_path_factory, monkeypatch):
+    folder = tmp_path_factory.getbasetemp() / "hoverfast-cache"
+    monkeypatch.setenv("NAPARI_HOVERFAST_CACHE", str(folder))
+    return folder
+
+
+def add_sample(viewer, sample=sample_tile):
+    data, kwargs, _ = sample()[0]
+    return viewer.add_image(data, **kwargs)
+
+
+def make_widget(viewer, checkpoint, *, synchronous=True) -> HoverFastWidget:
+    widget = HoverFastWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="HoverFast nuclei")
+    widget.synchronous = synchronous
+    widget.postprocess_workers = 0
+    widget.tile_size.value = 256
+    widget.device.value = "cpu"
+    widget.model_choice.value = MODEL_FILE
+    widget.model_path.value = checkpoint
+    return widget
+
+
+def rectangles(viewer, *boxes_um):
+    """A Shapes layer of rectangles given as (row0, col0, row1, col1) in world µm."""
+    data = [np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], float) for r0, c0, r1, c1 in boxes_um]
+    return viewer.add_shapes(data, shape_type="rectangle", name="regions")
+
+
+def run_on_rectangles(widget, viewer, *boxes_um):
+    layer = rectangles(viewer, *boxes_um)
+    widget.scope.value = SCOPE_RECTANGLES
+    widget.shapes_layer.value = layer
+    widget.run()
+    return layer
+
+
+def centroids(layer) -> tuple[np.ndarray, np.ndarray]:
+    return layer.features["Centroid X px"].to_numpy(), layer.features["Centroid Y px"].to_numpy()
+
+
+# --- model -------------------------------------------------------------------------------------------
+
+
+def test_model_is_described_once_loaded(make_napari_viewer, checkpoint):
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, checkpoint)
+    info = widget.model_info.value
+    assert "depth 3" in info and "width 16" in info and "947,732 parameters" in info
+
+
+def test_bad_checkpoint_shows_the_loader_message_not_a_traceback(make_napari_viewer, checkpoint, tmp_path):
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, checkpoint)
+    bad = tmp_path / "notes.pth"
+    bad.write_text("not a model")
+    widget.model_path.value = bad
+    assert "notes.pth is not a PyTorch checkpoint" in widget.status.value
+    assert widget.model_info.value == "No model loaded"
+    add_sample(viewer)
+    widget.run()  # refused with the same message, no layer made
+    assert "not a PyTorch checkpoint" in widget.status.value
+    assert not widget.running and len(viewer.layers) == 1
+
+
+# --- runs ------------------------------------------------------------------------------------------------
+
+
+def test_synchronous_run_on_rectangles_fills_one_aligned_layer(make_napari_viewer, checkpoint):
+    viewer = make_napari_viewer()
+    image = add_sample(viewer)
+    widget = make_widget(viewer, checkpoint)
+    run_on_rectangles(widget, viewer, (10, 10, 100, 100), (150, 150, 200, 230))
+
+    layer = widget.nuclei_layer(image)
+    assert layer.name == "H&E tile (40×) nuclei"
+    assert np.allclose(layer.scale, image.scale) and np.allclose(layer.translate, image.translate)
+    assert layer.nshapes > 0 and set(layer.shape_type) == {"polygon"}
+    assert np.allclose(layer.face_color[:, 3], 0) and np.allclose(layer.edge_width, 1.0)
+    assert list(layer.features.columns) == list(Nuclei(MPP).measurements())
+    assert len(layer.features) == layer.nshapes
+    # level-0 boxes of the rectangles: µm / mpp, pixel edges at ±0.5 of napari's centres
+    boxes = [(40, 40, 401, 401), (600, 600, 921, 801)]  # x0, y0, x1, y1
+    x, y = centroids(layer)
+    inside = np.zeros(len(x), bool)
+    for x0, y0, x1, y1 in boxes:
+        inside |= (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+    assert inside.all()
+    # polygons shown where the measurements say they are: world = level-0 px × mpp (pixel-centre shift)
+    world = np.array([layer.data_to_world(v.mean(axis=0)) for v in layer.data])
+    polygon_centres = np.array([shapely.centroid(shapely.Polygon(v[:, ::-1] + 0.5)).coords[0] for v in layer.data])
+    assert np.allclose(polygon_centres, np.c_[x, y], atol=1e-6)
+    assert np.allclose(world, (np.c_[[v.mean(axis=0) for v in layer.data]]) * MPP)
+    meta = layer.metadata
+    assert meta["cancelled"] is False and meta["error"] is None
+    assert meta["tiles_total"] == len(meta["tiles_done"]) > 0
+    assert meta["run"]["model_sha256"] and meta["run"]["tiling"]["tile"] == 256
+    assert "Done:" in widget.status.value
+    # coloured by a feature: edge colours follow the area
+    assert widget.color_by.value == AREA_UM2
+    widget.color_by.value = PROBABILITY
+    widget.color_by.value = NO_COLOR
+    assert np.allclose(layer.edge_color, layer.edge_color[0])
+
+
+def test_second_overlapping_run_adds_no_duplicates(make_napari_viewer, checkpoint):
+    viewer = make_napari_viewer()
+    image = add_sample(viewer)
+    widget = make_widget(viewer, checkpoint)
+    run_on_rectangles(widget, viewer, (0, 0, 128, 128))
+    layer = widget.nuclei_layer(image)
+    first = layer.nshapes
+    assert first > 0
+    run_on_rectangles(widget, viewer, (64, 64, 192, 192))  # overlaps the first by a quarter
+    assert widget.nuclei_layer(image) is layer and len(viewer.layers) == 4  # image, nuclei, 2× regions
+    polygons = [shapely.Polygon(v[:, ::-1]) for v in layer.data]
+    tree = shapely.STRtree(polygons)
+    for i, j in zip(*tree.query(polygons, predicate="intersects"), strict=True):
+        if i < j:
+            a, b = polygons[i], polygons[j]
+            inter = a.intersection(b).area
+            assert inter / (a.area + b.area - inter) <= 0.5
+    # the same run again finds nothing new
+    count = layer.nshapes
+    widget.run()
+    assert layer.nshapes == count
+    assert layer.metadata["nuclei_added"] == 0 and layer.metadata["duplicates_skipped"] > 0
+
+
+def test_novel_nuclei_by_covered_area_and_overlap():
+    square = lambda x, y, s=10: shapely.box(x, y, x + s, y + s)  # noqa: E731
+    earlier = Nuclei(MPP)
+    earlier.append([square(100, 100), square(300, 300)], 0.9, 0)
+    batch = Nuclei(MPP)
+    batch.append([square(20, 20), square(101, 101), square(150, 150), square(305, 305)], 0.9, 1)
+    covered = np.array([[0.0, 0.0, 50.0, 50.0]])  # x0, y0, x1, y1
+    keep = novel_nuclei(batch, earlier, covered)
+    # in a covered area; IoU 0.68 with an earlier one; new; IoU 0.14 (a neighbour, kept)
+    assert keep.tolist() == [False, False, True, True]
+
+
+def test_current_view_at_two_zoom_levels(make_napari_viewer, checkpoint):
+    viewer = make_napari_viewer()
+    image = add_sample(viewer)
+    widget = make_widget(viewer, checkpoint)
+    widget.scope.value = SCOPE_VIEW
+    camera = viewer.scene.camera
+    rows, cols = viewer.canvas.size
+    regions = []
+    for zoom in (6.0, 12.0):
+        camera.center = (64.0, 96.0)  # µm
+        camera.zoom = zoom  # screen px per µm
+        box = widget.view_region()
+        half_r, half_c = rows / (2 * zoom) / MPP, cols / (2 * zoom) / MPP  # level-0 px
+        assert box.x == pytest.approx(96 / MPP + 0.5 - half_c, abs=1)
+        assert box.x + box.w == pytest.approx(96 / MPP + 0.5 + half_c, abs=1)
+        assert box.y == pytest.approx(max(64 / MPP + 0.5 - half_r, 0), abs=1)
+        assert box.y + box.h == pytest.approx(64 / MPP + 0.5 + half_r, abs=1)
+        regions.append(box)
+    assert regions[1].w == pytest.approx(regions[0].w / 2, abs=1)
+    widget.run()  # at the closer zoom
+    layer = widget.nuclei_layer(image)
+    assert layer.nshapes > 0
+    box = regions[1]
+    x, y = centroids(layer)
+    assert ((x >= box.x) & (x < box.x + box.w) & (y >= box.y) & (y < box.y + box.h)).all()
+    assert layer.metadata["run"]["regions"] == [{"x": box.x, "y": box.y, "w": box.w, "h": box.h}]
+
+
+def test_error_mid_run_keeps_partial_result(make_napari_viewer, checkpoint, monkeypatch):
+    viewer = make_napari_viewer()
+    image = add_sample(viewer)
+    widget = make_widget(viewer, checkpoint)
+    calls = {"n": 0}
+    read = Slide.read_region
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("tile 3 is unreadable (simulated)")
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Slide, "read_region", failing)
+    run_on_rectangles(widget, viewer, (0, 0, 120, 120))  # 4 tiles of 256
+    layer = widget.nuclei_layer(image)
+    meta = layer.metadata
+    assert "unreadable" in meta["error"] and "unreadable" in widget.status.value
+    assert 0 < len(meta["tiles_done"]) < meta["tiles_total"]
+    assert layer.nshapes == meta["nuclei_added"] > 0
+    assert not widget.running and widget.run_button.enabled
+
+
+def test_threaded_run_matches_synchronous(make_napari_viewer, checkpoint, qtbot):
+    viewer = make_napari_viewer()
+    image = add_sample(viewer)
+    widget = make_widget(viewer, checkpoint, synchronous=False)
+    run_on_rectangles(widget, viewer, (10, 10, 100, 100))
+    assert widget.running and not widget.run_button.enabled and widget.cancel_button.enabled
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    layer = widget.nuclei_layer(image)
+    threaded = sorted(map(tuple, np.c_[centroids(layer)].round(3)))
+    assert layer.metadata["cancelled"] is False and threaded
+
+    viewer.layers.remove(layer)
+    widget.synchronous = True
+    widget.run()
+    again = widget.nuclei_layer(image)
+    assert again is not layer and sorted(map(tuple, np.c_[centroids(again)].round(3))) == threaded
+
+
+def test_whole_slide_threaded_nearest_first_responsive_and_cancelled(make_napari_viewer, checkpoint, qtbot, slide_cache):
+    viewer = make_napari_viewer()
+    image = add_sample(viewer, sample_slide)
+    widget = make_widget(viewer, checkpoint, synchronous=False)
+    widget.scope.value = SCOPE_WHOLE
+    camera = viewer.scene.camera
+    centre_um = (300.0, 420.0)  # on tissue, off the slide's centre
+    camera.center = centre_um
+    camera.zoom = 4.0
+    widget.run()
+    assert widget.running
+    worker = widget._worker
+
+    # pan and zoom while it runs: the event loop keeps turning
+    gaps, moves, last = [], 0, time.perf_counter()
+    while widget.progress.value < 3 and widget.running:
+        camera.zoom *= 1.05 if moves % 2 else 1 / 1.05
+        camera.center = (centre_um[0] + moves % 5, centre_um[1])
+        qtbot.wait(20)
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last, moves = now, moves + 1
+    assert widget.running and moves >= 5
+    assert max(gaps) < 5.0, f"event loop blocked for {max(gaps):.1f} s"
+
+    done_at_cancel = widget.progress.value
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert worker.is_running is False
+    layer = widget.nuclei_layer(image)
+    meta = layer.metadata
+    assert meta["cancelled"] is True and meta["error"] is None
+    assert done_at_cancel <= len(meta["tiles_done"]) <= done_at_cancel + 2 < meta["tiles_total"]
+    assert layer.nshapes == meta["nuclei_added"]
+    assert "Cancelled" in widget.status.value
+    # the first tile done holds the view centre; later ones are no nearer
+    x, y = centre_um[1] / MPP + 0.5, centre_um[0] / MPP + 0.5
+    bx, by, bw, bh = meta["tiles_done_level0"][0]
+    assert bx <= x < bx + bw and by <= y < by + bh
+    dist = [np.hypot(b[0] + b[2] / 2 - x, b[1] + b[3] / 2 - y) for b in meta["tiles_done_level0"]]
+    assert dist == sorted(dist)
+
+
+def test_closing_the_viewer_during_a_run(make_napari_viewer, checkpoint, qtbot, slide_cache):
+    viewer = make_napari_viewer()
+    add_sample(viewer, sample_slide)
+    widget = make_widget(viewer, checkpoint, synchronous=False)
+    widget.scope.value = SCOPE_WHOLE
+    widget.run()
+    worker = widget._worker
+    qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=60_000)
+    viewer.close()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)
+
+
+# --- export ------------------------------------------------------------------------------------------------
+
+
+def test_export_round_trip(make_napari_viewer, checkpoint, tmp_path, qupath_check):
+    viewer = make_napari_viewer()
+    image = add_sample(viewer)
+    widget = make_widget(viewer, checkpoint)
+    run_on_rectangles(widget, viewer, (0, 0, 128, 128))
+    layer = widget.nuclei_layer(image)
+
+    written = widget.export(tmp_path / "cells.geojson")
+    assert [p.name for p in written] == ["cells.geojson", "cells.csv", "cells.run.json"]
+    check = qupath_check(written[0], "--expect-type", "detection")
+    assert check.returncode == 0, check.stdout
+
+    objects = read_geojson(written[0])
+    assert len(objects) == layer.nshapes
+    areas = np.array([o.geometry.area for o in objects]) * MPP**2
+    assert np.allclose(np.sort(areas), np.sort(layer.features[AREA_UM2].to_numpy()), rtol=1e-3)
+    assert all(PROBABILITY in o.measurements and "Tile" in o.measurements for o in objects)
+    sidecar = json.loads(written[2].read_text())
+    assert sidecar["model_sha256"] == layer.metadata["run"]["model_sha256"]
+    assert sidecar["run"]["tiling"]["tile"] == 256 and sidecar["nuclei"] == layer.nshapes
+    with written[1].open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == layer.nshapes and AREA_UM2 in rows[0]
+
+    # an edited layer exports what it shows
+    layer.remove([0])
+    objects = read_geojson(widget.export(tmp_path / "edited.geojson.gz")[0])
+    assert len(objects) == layer.nshapes
+
+
+def test_export_with_nothing_to_export(make_napari_viewer, checkpoint, tmp_path):
+    viewer = make_napari_viewer()
+    add_sample(viewer)
+    widget = make_widget(viewer, checkpoint)
+    assert widget.export(tmp_path / "none.geojson") == []
+    assert "Nothing to export" in widget.status.value
