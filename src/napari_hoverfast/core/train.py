@@ -217,21 +217,22 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
         x, mask, maps = _to_tensors(make_batch(train_tiles, options.batch_size, options.patch_size, rng, options.augment), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits, pred = net(x)
-        loss, _ = hover_loss(logits, pred, mask, maps)
+        loss_t, _ = hover_loss(logits, pred, mask, maps)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_t.backward()
         optimizer.step()
+        loss = loss_t.item()
         val_loss = None
         done = step + 1
         out_of_time = options.max_minutes is not None and time.perf_counter() - started > 60 * options.max_minutes
         if done % options.eval_every == 0 or done == options.steps or out_of_time:
-            val_loss = evaluate() if val else float(loss)
+            val_loss = evaluate() if val else loss
             if val_loss < best:
                 best = val_loss
                 save_checkpoint(options.output, net, optimizer=optimizer, epoch=done, best_loss=best, extra=meta)
             save_checkpoint(latest, net, optimizer=optimizer, epoch=done, best_loss=best, extra=meta)
-            log.info("step %d: loss %.4f, val %.4f (best %.4f)", done, float(loss), val_loss, best)
-        yield TrainProgress(done, options.steps, float(loss), val_loss, best, time.perf_counter() - started)
+            log.info("step %d: loss %.4f, val %.4f (best %.4f)", done, loss, val_loss, best)
+        yield TrainProgress(done, options.steps, loss, val_loss, best, time.perf_counter() - started)
         if out_of_time:
             log.info("Stopping after %.1f minutes (max_minutes)", options.max_minutes)
             break
