@@ -61,6 +61,10 @@ PLAIN_EDGE = (1.0, 0.85, 0.0, 1.0)
 _DEFAULT_LIMITS = {AREA_UM2: (10.0, 80.0), PERIMETER_UM: (10.0, 40.0), PROBABILITY: (0.5, 1.0)}
 #: Existing nuclei overlapping a new one by more than this IoU make the new one a duplicate.
 DUPLICATE_IOU = 0.5
+#: Batches are shown together at most every FLUSH_MIN_SECONDS, and no sooner than FLUSH_BUSY_RATIO
+#: times the last layer update took (so updates take at most ~1/FLUSH_BUSY_RATIO of the time).
+FLUSH_MIN_SECONDS = 0.25
+FLUSH_BUSY_RATIO = 4.0
 
 
 class _UserError(ValueError):
@@ -603,10 +607,27 @@ class HoverFastWidget(Container):
         run = self._run
         if run is None:
             return
-        if isinstance(item, NucleusBatch) and run.layer in self._viewer.layers:
-            self._add_batch(run, item.nuclei)
+        if isinstance(item, NucleusBatch):
+            if run.pending is None:
+                run.pending = Nuclei(item.nuclei.mpp)
+            batch = item.nuclei
+            run.pending.append(batch.polygons, batch.probability, batch.tile)
+            # Adding to a Shapes layer costs time in proportion to the layer's size (napari rebuilds
+            # its mesh), so batches are coalesced: the layer is updated at most once per
+            # FLUSH_BUSY_RATIO × the last update's cost, keeping the viewer idle most of the time.
+            if time.perf_counter() - run.flushed_at >= max(FLUSH_MIN_SECONDS, FLUSH_BUSY_RATIO * run.flush_cost):
+                self._flush(run)
         else:
             self._show_progress(item, run)
+
+    def _flush(self, run: "_RunState") -> None:
+        """Add the batches received since the last update to the layer (if it is still shown)."""
+        pending, run.pending = run.pending, None
+        start = time.perf_counter()
+        if pending is not None and len(pending) and run.layer in self._viewer.layers:
+            self._add_batch(run, pending)
+        run.flushed_at = time.perf_counter()
+        run.flush_cost = run.flushed_at - start
 
     def _add_batch(self, run: "_RunState", batch: Nuclei) -> None:
         record = run.record
@@ -638,7 +659,8 @@ class HoverFastWidget(Container):
         self.progress.value = item.tiles_done
         eta = item.eta
         left = "" if eta is None else f" · {_duration(eta)} left"
-        text = f"{item.tiles_done}/{item.tiles_total} tiles · {run.added:,} nuclei{left}"
+        found = run.added + (len(run.pending) if run.pending is not None else 0)
+        text = f"{item.tiles_done}/{item.tiles_total} tiles · {found:,} nuclei{left}"
         self.status.value = text
         pbar = self._pbar
         if pbar is not None:
@@ -646,12 +668,13 @@ class HoverFastWidget(Container):
                 pbar.total = item.tiles_total
             if item.tiles_done > pbar.n:
                 pbar.update(item.tiles_done - pbar.n)
-            pbar.set_description(f"HoverFast: {run.added:,} nuclei")
+            pbar.set_description(f"HoverFast: {found:,} nuclei")
 
     def _on_returned(self, result: RunResult) -> None:
         run = self._run
         if run is None:
             return
+        self._flush(run)
         run.result = result
         layer = run.layer
         finished = set(result.tiles_done)
@@ -683,6 +706,7 @@ class HoverFastWidget(Container):
         run = self._run
         message = str(exc) or type(exc).__name__
         if run is not None:
+            self._flush(run)
             run.layer.metadata.update({"error": message, "cancelled": False})
             kept = f" The {run.added:,} nuclei found so far are kept." if run.added else ""
         else:
@@ -799,6 +823,9 @@ class _RunState:
     added: int = 0
     duplicates: int = 0
     result: RunResult | None = None
+    pending: Nuclei | None = None  # batches received but not yet shown
+    flushed_at: float = 0.0
+    flush_cost: float = 0.0
 
 
 def _columns(mpp: float | None) -> list[str]:
