@@ -115,3 +115,33 @@ def test_train_cli(two_tiles: Path, tmp_path: Path, capsys) -> None:
     assert rc == 0 and out.is_file()
     assert "trained 2 steps" in capsys.readouterr().out
     assert load_checkpoint(out, device="cpu").config.wf == 2
+
+
+def test_fine_tuning_starts_from_the_given_weights(two_tiles: Path, tmp_path: Path, shared_dir: Path) -> None:
+    """``init`` takes the file's configuration and weights and restarts the schedule at step 0."""
+    source = shared_dir / "reference" / "ckpt_A.pth"
+    start = {k: v.detach().clone() for k, v in load_checkpoint(source, device="cpu").net.named_parameters()}
+    out = tmp_path / "tuned.pth"
+    options = TrainOptions(data=(two_tiles,), output=out, config=SMALL, steps=1, batch_size=1, patch_size=64,
+                           learning_rate=1e-9, eval_every=1, val_fraction=0.5, seed=0, device="cpu",
+                           precision="fp32", init=source)
+    result = train(options)
+    assert result.steps_done == 1
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["epoch"] == 1 and (ckpt["depth"], ckpt["wf"]) == (3, 4)  # the source's config, not SMALL
+    tuned = ckpt["model_dict"]
+    for key, value in start.items():  # parameters (batch-norm running statistics move in training mode)
+        torch.testing.assert_close(tuned[key].float(), value, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="not both"):
+        train(TrainOptions(data=(two_tiles,), output=out, init=source, resume=source, device="cpu"))
+
+
+def test_cli_init_default_fine_tunes_the_embedded_model(two_tiles: Path, tmp_path: Path) -> None:
+    from napari_hoverfast.core.default_model import has_default_model
+
+    if not has_default_model():
+        pytest.skip("no embedded default model")
+    out = tmp_path / "mine.pth"
+    rc = main(["train", str(two_tiles), "-o", str(out), "--init", "default", "--steps", "1", "--batch-size", "1",
+               "--patch-size", "64", "--eval-every", "1", "--device", "cpu", "--precision", "fp32"])
+    assert rc == 0 and load_checkpoint(out, device="cpu").config.wf == 4

@@ -81,8 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto")
     tr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     tr.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint written by train")
+    tr.add_argument("--init", default=None, metavar="CKPT|default",
+                    help="fine-tune: start from these weights ('default': the embedded model) with a fresh schedule")
     tr.add_argument("--max-minutes", type=_positive_float, default=None, help="stop after this long")
     return parser
+
+
+def _init_weights(value: str | None) -> Path | None:
+    if value is None:
+        return None
+    if value == "default":
+        from .core.default_model import default_model_path, has_default_model
+
+        if not has_default_model():
+            raise CliError("--init default: this installation has no embedded default model")
+        return default_model_path()
+    return Path(value)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -106,6 +120,7 @@ def _run_train(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         resume=args.resume,
+        init=_init_weights(args.init),
         max_minutes=args.max_minutes,
     )
     with tqdm(total=options.steps, unit="step", dynamic_ncols=True) as bar:

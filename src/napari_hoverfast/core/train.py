@@ -47,6 +47,9 @@ class TrainOptions:
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     resume: Path | None = None
+    #: Start from these weights (and their configuration) with a fresh schedule: fine-tuning, e.g.
+    #: the embedded default model on a user's own annotations. Exclusive with ``resume``.
+    init: Path | None = None
     augment: AugmentOptions = field(default_factory=AugmentOptions)
     max_minutes: float | None = None
 
@@ -176,18 +179,23 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
     start_step = 0
     best = float("inf")
     ckpt = None
-    if options.resume is not None:
-        ckpt = _torch_load(Path(options.resume).read_bytes(), Path(options.resume).name)
-        config = _config_from_checkpoint(ckpt, Path(options.resume).name)
+    if options.resume is not None and options.init is not None:
+        raise ValueError("Give either resume (continue a run) or init (fine-tune from weights), not both")
+    source = options.resume if options.resume is not None else options.init
+    if source is not None:
+        ckpt = _torch_load(Path(source).read_bytes(), Path(source).name)
+        config = _config_from_checkpoint(ckpt, Path(source).name)
+    if options.resume is not None and ckpt is not None:
         start_step = int(ckpt.get("epoch", 0))
         best = float(ckpt.get("best_loss_on_test", float("inf")))
     net = HoverFastNet(config).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     if ckpt is not None:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model_dict"].items()})
-        if ckpt.get("optim_dict"):
-            optimizer.load_state_dict(ckpt["optim_dict"])
-        rng = np.random.default_rng(options.seed + start_step)
+        if options.resume is not None:
+            if ckpt.get("optim_dict"):
+                optimizer.load_state_dict(ckpt["optim_dict"])
+            rng = np.random.default_rng(options.seed + start_step)
     val = _val_batches(val_tiles, options.patch_size, options.seed) if val_tiles else []
     meta = {"train_tiles": [t.name for t in train_tiles], "val_tiles": [t.name for t in val_tiles]}
     started = time.perf_counter()
