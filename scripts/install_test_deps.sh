@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install what the tests need on a fresh Debian/Ubuntu machine, then run the whole suite.
-# Idempotent: apt packages are installed only when missing; torch is the CPU build pinned here.
+# Install what the tests need on a fresh Debian/Ubuntu machine (the README's test command then runs
+# pytest). Idempotent: apt packages are installed only when missing; torch is the CPU build pinned here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -14,4 +14,3 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[testing,all]"
-python -m pytest -q "$@"
