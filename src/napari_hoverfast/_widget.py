@@ -610,8 +610,7 @@ class HoverFastWidget(Container):
         if isinstance(item, NucleusBatch):
             if run.pending is None:
                 run.pending = Nuclei(item.nuclei.mpp)
-            batch = item.nuclei
-            run.pending.append(batch.polygons, batch.probability, batch.tile)
+            run.pending.extend(item.nuclei)  # a run's batches have unique ids: columns copied, not recomputed
             # Adding to a Shapes layer costs time in proportion to the layer's size (napari rebuilds
             # its mesh), so batches are coalesced: the layer is updated at most once per
             # FLUSH_BUSY_RATIO × the last update's cost, keeping the viewer idle most of the time.
@@ -824,7 +823,7 @@ class _RunState:
     duplicates: int = 0
     result: RunResult | None = None
     pending: Nuclei | None = None  # batches received but not yet shown
-    flushed_at: float = 0.0
+    flushed_at: float = -math.inf  # the first batch is shown at once
     flush_cost: float = 0.0
 
 

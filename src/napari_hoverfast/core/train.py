@@ -179,20 +179,21 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
     start_step = 0
     best = float("inf")
     ckpt = None
-    if options.resume is not None and options.init is not None:
+    resuming = options.resume is not None
+    if resuming and options.init is not None:
         raise ValueError("Give either resume (continue a run) or init (fine-tune from weights), not both")
-    source = options.resume if options.resume is not None else options.init
+    source = options.resume if resuming else options.init
     if source is not None:
         ckpt = _torch_load(Path(source).read_bytes(), Path(source).name)
         config = _config_from_checkpoint(ckpt, Path(source).name)
-    if options.resume is not None and ckpt is not None:
-        start_step = int(ckpt.get("epoch", 0))
-        best = float(ckpt.get("best_loss_on_test", float("inf")))
+        if resuming:
+            start_step = int(ckpt.get("epoch", 0))
+            best = float(ckpt.get("best_loss_on_test", float("inf")))
     net = HoverFastNet(config).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     if ckpt is not None:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model_dict"].items()})
-        if options.resume is not None:
+        if resuming:
             if ckpt.get("optim_dict"):
                 optimizer.load_state_dict(ckpt["optim_dict"])
             rng = np.random.default_rng(options.seed + start_step)
