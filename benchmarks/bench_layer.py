@@ -1,20 +1,23 @@
-"""Seconds to add 10k and 100k nuclei to the widget's nuclei layer, batch by batch, in a shown viewer.
+"""Seconds the viewer is busy showing 10k, 100k and 1M nuclei as a run adds them, in a shown viewer.
 
-    xvfb-run -a python benchmarks/bench_layer.py [--counts 10000 100000] [--batch 500]
+    xvfb-run -a python benchmarks/bench_layer.py [--counts 10000 100000 1000000] [--batch 500]
 
-Drives the dock widget's own batch handler (de-duplication, Shapes append, features, colours) with
+Drives the dock widget's own batch handler (de-duplication, the nuclei display, features, colours) with
 synthetic nuclei (ellipses of 20 vertices, 6–9 µm across, on a jittered grid like tissue at 40×), in
-batches of the size a 1024² tile yields, and lets Qt/vispy draw after each batch as it would during a
-run (the widget coalesces batches so that updating the layer keeps the viewer busy at most about a
-fifth of the time). Prints, per count: total seconds, the slowest batch (how long the viewer is busy at once), the
-time to draw the whole layer zoomed out and a 100 µm field zoomed in, and the time to export it.
-Prints numbers only; never asserts a time. Needs napari with a Qt binding (bermuda is used when
-installed, as napari's fastest triangulation backend).
+batches of the size a 1024² tile yields, while the whole slide is in view, and lets Qt/vispy draw after
+each batch as it would during a run. Then: recolour by another feature, zoom in on a 100 µm field
+(the outlines of that area are built), draw zoomed in and zoomed out, and export.
+
+Each count runs twice in the same process: with the widget's display (outlines only near the view,
+an overview image zoomed out) and, as the baseline, with every nucleus an outline in one Shapes layer
+(what the widget did before; skipped above ``--baseline-max`` nuclei, where it takes minutes and
+gigabytes). Prints numbers and ratios (display / baseline); never asserts a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -43,95 +46,117 @@ def synthetic_nuclei(n: int, seed: int = 0) -> tuple[np.ndarray, int]:
     return polygons, int(side * spacing)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--counts", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--batch", type=int, default=500, help="nuclei per batch (one tile's worth)")
-    parser.add_argument("--interval", type=float, default=0.1,
-                        help="seconds between batches (0.1: a GPU's pace for 1024² tiles; a CPU takes seconds)")
-    args = parser.parse_args()
-
+def measure(polygons: np.ndarray, extent: int, args: argparse.Namespace, *, baseline: bool) -> dict[str, float]:
+    """One run's worth of batches into a fresh viewer; seconds for each step."""
     import dask.array as da
     import napari
-    from napari.utils import triangulation_backend
     from qtpy.QtWidgets import QApplication
 
-    from napari_hoverfast._widget import HoverFastWidget, _RunState
-    from napari_hoverfast.core.nuclei import Nuclei
+    from napari_hoverfast._display import DisplayOptions
+    from napari_hoverfast._widget import HoverFastWidget
+    from napari_hoverfast.core.nuclei import AREA_UM2, PROBABILITY, Nuclei
     from napari_hoverfast.core.pipeline import NucleusBatch
 
-    for count in args.counts:
-        polygons, extent = synthetic_nuclei(count)
-        viewer = napari.Viewer(show=True)
-        app = QApplication.instance()
-        if count == args.counts[0]:
-            backend = triangulation_backend.get_backend()
-            print(f"napari {napari.__version__}, triangulation backend: {backend}", flush=True)
-        image = viewer.add_image(
-            da.zeros((extent, extent, 3), dtype=np.uint8, chunks=(2048, 2048, 3)), rgb=True,
-            scale=(MPP, MPP), name="slide", metadata={"path": "synthetic.tif", "mpp": MPP},
-        )
-        widget = HoverFastWidget(viewer)
-        layer = widget.nuclei_layer(image, create=True)
-        record = widget._record(layer, MPP)
-        run = _RunState(job=None, layer=layer, record=record, earlier=0,  # type: ignore[arg-type]
-                        covered=np.zeros((0, 4)), started=time.perf_counter())
-        widget._run = run
-        viewer.reset_view()
-        app.processEvents()
+    count = len(polygons)
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    image = viewer.add_image(
+        da.zeros((extent, extent, 3), dtype=np.uint8, chunks=(2048, 2048, 3)), rgb=True,
+        scale=(MPP, MPP), name="slide", metadata={"path": "synthetic.tif", "mpp": MPP},
+    )
+    widget = HoverFastWidget(viewer)
+    if baseline:
+        widget.display_options = DisplayOptions(max_outlines=10**9)
+    viewer.reset_view()
+    app.processEvents()
+    layer = widget.nuclei_layer(image, create=True)
+    run = widget._begin(None, layer)
+    widget._run = run
+    app.processEvents()
 
-        slowest = busy = 0.0
-        found = Nuclei(MPP)  # like the engine: one container per run hands out the batches
-        start = time.perf_counter()
-        for first in range(0, count, args.batch):
-            batch = found.append(polygons[first : first + args.batch], 0.9, first // args.batch)
-            t0 = time.perf_counter()
-            widget._on_yielded(NucleusBatch(nuclei=batch, tiles=(first // args.batch,)))
-            app.processEvents()
-            spent = time.perf_counter() - t0
-            slowest, busy = max(slowest, spent), busy + spent
-            time.sleep(args.interval)  # the engine computing the next tile; the viewer is free
+    slowest = busy = 0.0
+    found = Nuclei(MPP)  # like the engine: one container per run hands out the batches
+    start = time.perf_counter()
+    for first in range(0, count, args.batch):
+        batch = found.append(polygons[first : first + args.batch], 0.9, first // args.batch)
         t0 = time.perf_counter()
-        widget._flush(run)  # what the end of a run does: show the batches still waiting
+        widget._on_yielded(NucleusBatch(nuclei=batch, tiles=(first // args.batch,)))
         app.processEvents()
         spent = time.perf_counter() - t0
         slowest, busy = max(slowest, spent), busy + spent
-        total = time.perf_counter() - start
-        widget._run = None
-        assert layer.nshapes == count, layer.nshapes
+        time.sleep(args.interval)  # the engine computing the next tile; the viewer is free
+    t0 = time.perf_counter()
+    widget._flush(run)  # what the end of a run does: show the batches still waiting
+    run.display.recolor(AREA_UM2)
+    app.processEvents()
+    spent = time.perf_counter() - t0
+    slowest, busy = max(slowest, spent), busy + spent
+    total = time.perf_counter() - start
+    widget._run = None
+    assert len(widget.display(layer).nuclei) == count
 
+    out = {"busy": busy, "total": total, "longest": slowest}
+    t0 = time.perf_counter()
+    widget.color_by.value = PROBABILITY
+    app.processEvents()
+    out["recolour"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    viewer.screenshot(canvas_only=True)
+    out["draw out"] = time.perf_counter() - t0
+
+    camera = viewer.scene.camera
+    t0 = time.perf_counter()
+    camera.center = (extent * MPP / 2,) * 2
+    camera.zoom = min(viewer.canvas.size) / 100.0  # a 100 µm field
+    widget.update_views()  # what the settled camera triggers
+    viewer.screenshot(canvas_only=True)
+    out["zoom in"] = time.perf_counter() - t0
+    out["outlines"] = layer.nshapes
+
+    with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        widget._recolor(layer)
-        app.processEvents()
-        recolor = time.perf_counter() - t0
+        widget.export(Path(tmp) / "nuclei.geojson", layer)
+        out["export"] = time.perf_counter() - t0
+    viewer.close()
+    app.processEvents()
+    return out
 
-        camera = viewer.scene.camera
-        draws = {}
-        for label, zoom, centre in (("zoomed out", None, None), ("100 µm field", None, (extent * MPP / 2,) * 2)):
-            if centre is None:
-                viewer.reset_view()
-            else:
-                camera.center = centre
-                rows, cols = viewer.canvas.size
-                camera.zoom = min(rows, cols) / 100.0
-            app.processEvents()
-            t0 = time.perf_counter()
-            viewer.screenshot(canvas_only=True)
-            draws[label] = time.perf_counter() - t0
 
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            widget.export(Path(tmp) / "nuclei.geojson", layer)
-            export = time.perf_counter() - t0
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--batch", type=int, default=500, help="nuclei per batch (one tile's worth)")
+    parser.add_argument("--interval", type=float, default=0.05,
+                        help="seconds between batches (0.05: a GPU's pace for 1024² tiles; a CPU takes seconds)")
+    parser.add_argument("--baseline-max", type=int, default=100_000,
+                        help="largest count also run with every nucleus an outline (the baseline)")
+    args = parser.parse_args()
 
-        print(
-            f"{count:>7,} nuclei in batches of {args.batch} every {args.interval:g} s: viewer busy {busy:7.2f} s "
-            f"of {total:.2f} s (longest block {slowest:.2f} s), recolour {recolor:.2f} s, "
-            + ", ".join(f"draw {k} {v:.2f} s" for k, v in draws.items())
-            + f", export {export:.2f} s",
-            flush=True,
-        )
-        viewer.close()
+    import napari
+    from napari.utils import triangulation_backend
+
+    print(f"napari {napari.__version__}, triangulation backend: {triangulation_backend.get_backend()}", flush=True)
+    keys = ("busy", "longest", "recolour", "draw out", "zoom in", "export")
+    for count in args.counts:
+        polygons, extent = synthetic_nuclei(count)
+        runs = {"display": measure(polygons, extent, args, baseline=False)}
+        if count <= args.baseline_max:
+            runs["baseline"] = measure(polygons, extent, args, baseline=True)
+        for name, m in runs.items():
+            print(
+                f"{count:>9,} nuclei, {name:<8}: viewer busy {m['busy']:6.2f} s of {m['total']:.1f} s "
+                f"(longest block {m['longest']:.2f} s), recolour {m['recolour']:.2f} s, "
+                f"draw zoomed out {m['draw out']:.2f} s, zoom in to 100 µm {m['zoom in']:.2f} s "
+                f"({m['outlines']:,} outlines), export {m['export']:.2f} s",
+                flush=True,
+            )
+        if "baseline" in runs:
+            d, b = runs["display"], runs["baseline"]
+            print(f"{count:>9,} nuclei, display/baseline: "
+                  + ", ".join(f"{k} {d[k] / b[k]:.2f}" for k in keys if b[k] > 0), flush=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory of the process: {peak:,.0f} MB", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import shapely
 
-from napari_hoverfast._sample_data import sample_slide, sample_tile
 from napari_hoverfast import _widget
+from napari_hoverfast._sample_data import sample_slide, sample_tile
 from napari_hoverfast._widget import (
     MODEL_FILE,
     NO_COLOR,
@@ -24,7 +24,6 @@ from napari_hoverfast._widget import (
     SCOPE_VIEW,
     SCOPE_WHOLE,
     HoverFastWidget,
-    _RunState,
     novel_nuclei,
 )
 from napari_hoverfast.core.geojson import read_geojson
@@ -245,8 +244,7 @@ def test_batches_arriving_together_are_shown_together(make_napari_viewer, monkey
     image = add_sample(viewer)
     widget = HoverFastWidget(viewer)
     layer = widget.nuclei_layer(image, create=True)
-    run = _RunState(job=None, layer=layer, record=widget._record(layer, MPP), earlier=0,
-                    covered=np.zeros((0, 4)), started=time.perf_counter())
+    run = widget._begin(None, layer)
     widget._run = run
     monkeypatch.setattr(_widget, "FLUSH_MIN_SECONDS", 3600.0)
     found = Nuclei(MPP)  # one container hands out a run's batches, as in the engine

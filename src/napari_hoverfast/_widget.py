@@ -42,7 +42,8 @@ from magicgui.widgets import (
 from napari.layers import Image, Shapes
 from napari.utils.notifications import show_error, show_info
 
-from ._layers import LEVEL0_PX, layer_mpp, polygons_from_shapes_data, shapes_data_from_polygons
+from ._display import NO_COLOR, OVERVIEW_KEY, PLAIN_EDGE, Box4, DisplayOptions, NucleiDisplay
+from ._layers import LEVEL0_PX, layer_mpp
 from .core.nuclei import AREA_PX, AREA_UM2, PERIMETER_UM, PROBABILITY, TILE, Nuclei
 from .core.pipeline import NucleusBatch, Progress, RunOptions, RunResult
 from .core.tiling import Box, TilingOptions
@@ -52,19 +53,16 @@ SCOPE_VIEW = "Current view"
 SCOPE_WHOLE = "Whole slide"
 MODEL_DEFAULT = "Embedded default"
 MODEL_FILE = "Checkpoint file (.pth)"
-NO_COLOR = "(single colour)"
 #: Environment switch: run on the main thread (tests; the stardist-napari pattern).
 SYNC_ENV = "HOVERFAST_SYNC"
-#: Edge colour when not coloured by a feature.
-PLAIN_EDGE = (1.0, 0.85, 0.0, 1.0)
-#: Colour scales before the data set their own: (low, high) per feature, µm² / µm / 0..1.
-_DEFAULT_LIMITS = {AREA_UM2: (10.0, 80.0), PERIMETER_UM: (10.0, 40.0), PROBABILITY: (0.5, 1.0)}
 #: Existing nuclei overlapping a new one by more than this IoU make the new one a duplicate.
 DUPLICATE_IOU = 0.5
 #: Batches are shown together at most every FLUSH_MIN_SECONDS, and no sooner than FLUSH_BUSY_RATIO
 #: times the last layer update took (so updates take at most ~1/FLUSH_BUSY_RATIO of the time).
 FLUSH_MIN_SECONDS = 0.25
 FLUSH_BUSY_RATIO = 4.0
+#: The outlines follow the view this long after the camera stops (ms): one rebuild per gesture.
+VIEW_SETTLE_MS = 150
 
 
 class _UserError(ValueError):
@@ -110,41 +108,7 @@ def run_job(job: _Job) -> Generator[Progress | NucleusBatch, None, RunResult]:
         slide.close()
 
 
-# --- per-layer record of what earlier runs found (for de-duplication and export) ------------------
-
-
-class _LayerRecord:
-    """Level-0 nuclei of one nuclei layer, in layer order, and the areas earlier runs finished.
-
-    Kept beside the layer rather than read back from it: polygons stay exactly as the engine made
-    them. When the user edits the layer, the record is rebuilt from the layer's data.
-    """
-
-    def __init__(self, layer: Shapes, mpp: float | None) -> None:
-        self.layer_ref = weakref.ref(layer)
-        self.nuclei = Nuclei(mpp)
-        self.stale = False
-        self.adding = False
-
-    def sync(self) -> Nuclei:
-        """The nuclei as the layer holds them now (rebuilt from the layer if it was edited)."""
-        layer = self.layer_ref()
-        if layer is not None and (self.stale or len(self.nuclei) != layer.nshapes):
-            polygons = polygons_from_shapes_data(layer.data, None) if layer.nshapes else []
-            features = layer.features
-            n = len(polygons)
-            probability = features[PROBABILITY].to_numpy() if PROBABILITY in features else np.full(n, np.nan)
-            tile = features[TILE].to_numpy() if TILE in features else np.full(n, -1)
-            nuclei = Nuclei(self.nuclei.mpp)
-            nuclei.append([p if p.is_valid else _largest_polygon(shapely.make_valid(p)) for p in polygons], probability, tile)
-            self.nuclei = nuclei
-            self.stale = False
-        return self.nuclei
-
-
-def _largest_polygon(geometry: Any) -> Any:
-    parts = [g for g in getattr(geometry, "geoms", [geometry]) if g.geom_type == "Polygon"]
-    return max(parts, key=lambda g: g.area) if parts else shapely.Polygon()
+# --- de-duplication against earlier runs ------------------------------------------------------------
 
 
 def _boxes_contain(boxes: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -240,7 +204,9 @@ class HoverFastWidget(Container):
 
         self._model: Any = None
         self._model_key: tuple[str | None, str] | None = None
-        self._records: dict[int, _LayerRecord] = {}
+        #: How many outlines napari holds at once (beyond: outlines near the view, overview zoomed out).
+        self.display_options = DisplayOptions()
+        self._displays: dict[int, NucleiDisplay] = {}
         self._temp_images: dict[int, tuple[Any, str]] = {}
         self._job: _Job | None = None
         self._worker: Any = None
@@ -260,6 +226,15 @@ class HoverFastWidget(Container):
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._on_layers_changed)
+        from qtpy.QtCore import QTimer
+
+        self._view_timer = QTimer(self.native)
+        self._view_timer.setSingleShot(True)
+        self._view_timer.setInterval(VIEW_SETTLE_MS)
+        self._view_timer.timeout.connect(self.update_views)
+        camera = self._camera()
+        camera.events.center.connect(self._on_camera)
+        camera.events.zoom.connect(self._on_camera)
         alive = self._alive
         self.native.destroyed.connect(lambda *_: _on_destroyed(alive))
         self._on_model_choice(self.model_choice.value)
@@ -269,7 +244,10 @@ class HoverFastWidget(Container):
     # ---- choices ---------------------------------------------------------------------------------
 
     def _image_choices(self, *_: Any) -> list[tuple[str, Image]]:
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+        return [
+            (layer.name, layer) for layer in self._viewer.layers
+            if isinstance(layer, Image) and not layer.metadata.get(OVERVIEW_KEY)
+        ]
 
     def _shapes_choices(self, *_: Any) -> list[tuple[str, Shapes]]:
         return [
@@ -283,6 +261,10 @@ class HoverFastWidget(Container):
         run = self._run
         if run is not None and run.layer not in self._viewer.layers:
             run.job.cancel.set()  # its layer was deleted, or the viewer is closing
+        for key, display in list(self._displays.items()):
+            if display.layer not in self._viewer.layers:
+                del self._displays[key]
+                display.close()
         self.reset_choices()
         if event is not None and getattr(event, "type", "") == "inserted" and self.image.value is None:
             self._select_active_image()
@@ -509,11 +491,7 @@ class HoverFastWidget(Container):
             self._report(str(exc))
             return
         layer = self.image.value
-        nuclei_layer = self.nuclei_layer(layer, create=True)
-        record = self._record(nuclei_layer, job.mpp)
-        record.sync()
-        self._run = _RunState(job=job, layer=nuclei_layer, record=record, earlier=len(record.nuclei),
-                              covered=_covered_boxes(nuclei_layer), started=time.perf_counter())
+        self._run = self._begin(job, self.nuclei_layer(layer, create=True))
         self._alive["cancel"] = job.cancel
         self._set_running(True)
         self.status.value = "Starting…"
@@ -596,12 +574,56 @@ class HoverFastWidget(Container):
         )
         return layer
 
-    def _record(self, layer: Shapes, mpp: float | None) -> _LayerRecord:
-        record = self._records.get(id(layer))
-        if record is None or record.layer_ref() is not layer:
-            record = self._records[id(layer)] = _LayerRecord(layer, mpp)
-            layer.events.data.connect(lambda event, r=record: _mark_stale(r, event))
-        return record
+    def display(self, layer: Shapes) -> NucleiDisplay:
+        """What the nuclei layer shows and holds (made on first use, following the current view)."""
+        display = self._displays.get(id(layer))
+        if display is None or display.layer is not layer:
+            image = self._image_of(layer)
+            size = self._slide_size(image) if image is not None else _extent_of(layer)
+            display = NucleiDisplay(self._viewer, layer, layer.metadata.get("mpp"), size, self.display_options)
+            display.feature = self.color_by.value
+            display.view = self._view_box(image) if image is not None else None
+            self._displays[id(layer)] = display
+        return display
+
+    def _image_of(self, layer: Shapes) -> Image | None:
+        image_id = layer.metadata.get("image_id")
+        return next((im for im in self._viewer.layers if isinstance(im, Image) and id(im) == image_id), None)
+
+    def _begin(self, job: _Job | None, layer: Shapes) -> "_RunState":
+        """A run's state: new nuclei go to ``layer``, checked against what earlier runs found there."""
+        display = self.display(layer)
+        return _RunState(job=job, layer=layer, display=display, first_id=display.nuclei.next_id,  # type: ignore[arg-type]
+                         covered=_covered_boxes(layer), started=time.perf_counter())
+
+    # ---- following the view ----------------------------------------------------------------------
+
+    def _on_camera(self, *_: Any) -> None:
+        if not self._alive["closed"]:
+            self._view_timer.start()  # restarted by every move: runs once the camera settles
+
+    def update_views(self) -> None:
+        """Give each nuclei layer the area now on screen: large results show outlines only near it."""
+        if self._alive["closed"]:
+            return
+        for display in list(self._displays.values()):
+            image = self._image_of(display.layer)
+            if image is not None and display.layer in self._viewer.layers:
+                display.set_view(self._view_box(image))
+
+    def _view_box(self, image: Image) -> Box4 | None:
+        """The level-0 area (x0, y0, x1, y1) on the canvas, unclipped; None if not computable."""
+        rows, cols = self._viewer.canvas.size
+        camera = self._camera()
+        zoom = camera.zoom
+        if not zoom or rows <= 0 or cols <= 0:
+            return None
+        cy, cx = camera.center[-2:]
+        hr, hc = rows / (2 * zoom), cols / (2 * zoom)
+        corners = self._world_points(image, [(cy - hr, cx - hc), (cy + hr, cx + hc)])
+        data = np.array([image.world_to_data(tuple(p)) for p in corners], dtype=np.float64)[:, -2:] + 0.5
+        (r0, c0), (r1, c1) = data.min(axis=0), data.max(axis=0)
+        return float(c0), float(r0), float(c1), float(r1)
 
     def _on_yielded(self, item: Progress | NucleusBatch) -> None:
         run = self._run
@@ -629,29 +651,12 @@ class HoverFastWidget(Container):
         run.flush_cost = run.flushed_at - start
 
     def _add_batch(self, run: "_RunState", batch: Nuclei) -> None:
-        record = run.record
-        earlier = record.nuclei.select(np.arange(run.earlier)) if run.earlier else Nuclei(record.nuclei.mpp)
+        nuclei = run.display.nuclei
+        earlier = nuclei.select(nuclei.ids < run.first_id) if run.first_id else Nuclei(nuclei.mpp)
         keep = novel_nuclei(batch, earlier, run.covered)
         run.duplicates += int((~keep).sum())
-        if not keep.any():
-            return
-        new = batch.select(keep)
-        polygons = list(new.polygons)
-        layer = run.layer
-        colors = self._colors(new.measurements(), layer)
-        record.adding = True
-        try:
-            layer.add(shapes_data_from_polygons(polygons, None), shape_type="polygon", edge_color=colors,
-                      edge_width=1.0, face_color="transparent")
-        finally:
-            record.adding = False
-        record.nuclei.append(polygons, new.probability, new.tile)
-        features = layer.features
-        k = len(polygons)
-        for name, values in new.measurements().items():
-            if name in features:
-                features.iloc[-k:, features.columns.get_loc(name)] = values
-        run.added += k
+        if keep.any():
+            run.added += len(run.display.add(batch.select(keep)))
 
     def _show_progress(self, item: Progress, run: "_RunState") -> None:
         self.progress.max = max(item.tiles_total, 1)
@@ -690,7 +695,7 @@ class HoverFastWidget(Container):
         metadata.update(summary)
         metadata["covered"] = list(metadata.get("covered", [])) + boxes
         metadata["runs"] = list(metadata.get("runs", [])) + [{k: v for k, v in summary.items() if k != "run"}]
-        self._recolor(layer)
+        run.display.recolor(self.color_by.value)
         if result.error:
             self._report(f"Run stopped: {result.error}. The {run.added:,} nuclei found so far are kept.")
         elif result.cancelled:
@@ -727,34 +732,11 @@ class HoverFastWidget(Container):
 
     # ---- colour ----------------------------------------------------------------------------------
 
-    def _colors(self, measurements: dict[str, np.ndarray], layer: Shapes) -> np.ndarray:
-        feature = self.color_by.value
-        n = len(next(iter(measurements.values()))) if measurements else 0
-        if feature == NO_COLOR or feature not in measurements:
-            return np.tile(np.asarray(PLAIN_EDGE), (n, 1))
-        limits = layer.metadata.get("color_limits", {}).get(feature) or _default_limits(feature, layer.metadata.get("mpp"))
-        return _colormap(measurements[feature], limits)
-
-    def _recolor(self, layer: Shapes) -> None:
-        """Colour all nuclei by the chosen feature, its scale set from the data (2nd–98th percentile)."""
-        feature = self.color_by.value
-        if not layer.nshapes:
-            return
-        if feature == NO_COLOR or feature not in layer.features:
-            layer.edge_color = np.tile(np.asarray(PLAIN_EDGE), (layer.nshapes, 1))
-            return
-        values = layer.features[feature].to_numpy(dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        limits = (float(np.percentile(finite, 2)), float(np.percentile(finite, 98))) if len(finite) else (0.0, 1.0)
-        layer.metadata.setdefault("color_limits", {})[feature] = limits
-        layer.metadata["color_by"] = feature
-        layer.edge_color = _colormap(values, limits)
-
     def _on_color_by(self, *_: Any) -> None:
         image = self.image.value
         layer = self.nuclei_layer(image) if image is not None else None
         if layer is not None and not self.running:
-            self._recolor(layer)
+            self.display(layer).recolor(self.color_by.value)
 
     # ---- export ----------------------------------------------------------------------------------
 
@@ -775,7 +757,7 @@ class HoverFastWidget(Container):
         if layer is None:
             active = self._viewer.layers.selection.active
             layer = active if isinstance(active, Shapes) and active.metadata.get("hoverfast") else None
-        if layer is None or not layer.nshapes:
+        if layer is None or not len(self.display(layer).nuclei):
             self._report("Nothing to export yet: run HoverFast first")
             return None
         return layer
@@ -793,8 +775,7 @@ class HoverFastWidget(Container):
             path = path.with_name(path.name + ".geojson")
         stem = path.name[: -len(".geojson.gz")] if path.name.lower().endswith(".gz") else path.stem
         csv_path = path.with_name(stem + ".csv")
-        record = self._record(layer, layer.metadata.get("mpp"))
-        nuclei = record.sync()
+        nuclei = self.display(layer).nuclei
         parameters = {
             "run": layer.metadata.get("run"), "runs": layer.metadata.get("runs"),
             "model_sha256": (layer.metadata.get("run") or {}).get("model_sha256"),
@@ -815,8 +796,8 @@ class HoverFastWidget(Container):
 class _RunState:
     job: _Job
     layer: Shapes
-    record: _LayerRecord
-    earlier: int
+    display: NucleiDisplay
+    first_id: int  # nuclei with smaller ids were found before this run (de-duplication)
     covered: np.ndarray
     started: float
     added: int = 0
@@ -837,30 +818,12 @@ def _covered_boxes(layer: Shapes) -> np.ndarray:
     return np.column_stack([boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]])
 
 
-def _mark_stale(record: _LayerRecord, event: Any) -> None:
-    """User edits (not our own appends) make the record rebuild itself from the layer."""
-    if not record.adding:
-        record.stale = True
-
-
-def _default_limits(feature: str, mpp: float | None) -> tuple[float, float]:
-    if feature in _DEFAULT_LIMITS:
-        return _DEFAULT_LIMITS[feature]
-    if feature == AREA_PX:
-        lo, hi = _DEFAULT_LIMITS[AREA_UM2]
-        px = (mpp or 0.25) ** 2
-        return lo / px, hi / px
-    return 0.0, 100.0
-
-
-def _colormap(values: np.ndarray, limits: tuple[float, float]) -> np.ndarray:
-    from napari.utils.colormaps import ensure_colormap
-
-    lo, hi = limits
-    scaled = (np.asarray(values, dtype=np.float64) - lo) / (hi - lo if hi > lo else 1.0)
-    colors = np.asarray(ensure_colormap("turbo").map(np.clip(np.nan_to_num(scaled, nan=0.0), 0, 1)), dtype=np.float32)
-    colors[:, 3] = 1.0
-    return colors
+def _extent_of(layer: Shapes) -> tuple[int, int]:
+    """(width, height) in level-0 px covering a nuclei layer whose image is gone."""
+    if not layer.nshapes:
+        return 1, 1
+    corner = np.max([np.asarray(v)[:, -2:].max(axis=0) for v in layer.data], axis=0)
+    return int(corner[1]) + 2, int(corner[0]) + 2
 
 
 def _duration(seconds: float) -> str:

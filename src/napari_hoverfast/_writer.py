@@ -27,10 +27,19 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict[str, Any]) -> li
 
     npe2 single-layer writer: ``data`` is the layer's list of vertex arrays and ``attributes`` its state
     (``scale``, ``metadata``, ``features``, ``shape_type``…). Lines and paths enclose no area and are
-    left out (logged). Returns ``[path]``.
+    left out (logged). A nuclei layer of the dock widget that shows only part of a large result
+    (``metadata["display"]`` other than "all") writes every nucleus of ``metadata["nuclei"]``.
+    Returns ``[path]``.
     """
     from .core.geojson import write_detections
+    from .core.nuclei import Nuclei
 
+    metadata = attributes.get("metadata") or {}
+    nuclei = metadata.get("nuclei")
+    if metadata.get("display", "all") != "all" and isinstance(nuclei, Nuclei):
+        # a large result: the layer holds only the outlines near the view, the container all of them
+        nuclei.to_geojson(path)
+        return [path]
     polygons, rows = shapes_to_polygons(data, attributes)
     measurements = _measurement_rows(attributes.get("features"), rows)
     write_detections(path, polygons, measurements)

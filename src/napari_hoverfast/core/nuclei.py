@@ -207,6 +207,11 @@ class Nuclei:
     def __repr__(self) -> str:
         return f"Nuclei({self._n} nuclei, mpp={self.mpp})"
 
+    @property
+    def next_id(self) -> int:
+        """The id the next appended nucleus gets: every row appended from now on has an id at least this."""
+        return self._next_id
+
     def _column(self, name: str) -> np.ndarray:
         view = self._buf[name][: self._n]
         view.flags.writeable = False
