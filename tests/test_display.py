@@ -143,6 +143,18 @@ def test_edits_in_the_outline_window_reach_the_export_and_the_overview(big, tmp_
     assert layer.metadata["nuclei_total"] == len(polygons) and layer.nshapes == n
     assert layer.features[AREA_UM2].iloc[-1] == pytest.approx(100 * MPP**2)
 
+    # a nucleus moved with the mouse: napari shifts it, then says which shape changed
+    from napari.layers.base._base_constants import ActionType
+
+    moved_from = layer.features["Centroid X px"].iloc[3]
+    old_id = display.shown[3]
+    layer._data_view.shift(3, np.array([4.0, 4.0]))
+    layer.events.data(value=layer.data, action=ActionType.CHANGED, data_indices=(3,), vertex_indices=((),))
+    assert layer.features["Centroid X px"].iloc[3] == pytest.approx(moved_from + 4)
+    assert layer.metadata["nuclei_total"] == len(polygons) and layer.nshapes == n
+    assert old_id not in display.nuclei.ids
+    assert display.nuclei.centroid_x[display.nuclei.ids == display.shown[3]] == pytest.approx(moved_from + 4)
+
     layer.data = layer.data[:-2]  # a change the event does not detail: the window is rebuilt from the layer
     assert layer.metadata["nuclei_total"] == len(polygons) - 2
 

@@ -42,7 +42,15 @@ from magicgui.widgets import (
 from napari.layers import Image, Shapes
 from napari.utils.notifications import show_error, show_info
 
-from ._display import NO_COLOR, OVERVIEW_KEY, PLAIN_EDGE, Box4, DisplayOptions, NucleiDisplay
+from ._display import (
+    NO_COLOR,
+    OVERVIEW,
+    OVERVIEW_KEY,
+    PLAIN_EDGE,
+    Box4,
+    DisplayOptions,
+    NucleiDisplay,
+)
 from ._layers import LEVEL0_PX, layer_mpp
 from .core.nuclei import AREA_PX, AREA_UM2, PERIMETER_UM, PROBABILITY, TILE, Nuclei
 from .core.pipeline import NucleusBatch, Progress, RunOptions, RunResult
@@ -351,27 +359,21 @@ class HoverFastWidget(Container):
 
     def _level0_box(self, layer: Image, world_points: np.ndarray) -> Box | None:
         """The level-0 box (clipped to the slide) around world points (row, col), or None if outside."""
+        return _clip_box(self._level0_edges(layer, world_points), self._slide_size(layer))
+
+    @staticmethod
+    def _level0_edges(layer: Image, world_points: np.ndarray) -> Box4:
+        """Level-0 (x0, y0, x1, y1) spanned by world points (row, col), unclipped."""
         data = np.array([layer.world_to_data(tuple(p)) for p in world_points], dtype=np.float64)[:, -2:]
-        width, height = self._slide_size(layer)
-        # data (row, col) puts a pixel's centre at its index: its edges are ±0.5
-        x0 = max(math.floor(data[:, 1].min() + 0.5), 0)
-        x1 = min(math.ceil(data[:, 1].max() + 0.5), width)
-        y0 = max(math.floor(data[:, 0].min() + 0.5), 0)
-        y1 = min(math.ceil(data[:, 0].max() + 0.5), height)
-        if x1 <= x0 or y1 <= y0:
-            return None
-        return Box(x0, y0, x1 - x0, y1 - y0)
+        data += 0.5  # data (row, col) puts a pixel's centre at its index: its edges are ±0.5
+        (r0, c0), (r1, c1) = data.min(axis=0), data.max(axis=0)
+        return float(c0), float(r0), float(c1), float(r1)
 
     def view_region(self, layer: Image | None = None) -> Box:
         """The part of the image visible on the canvas at the current zoom, in level-0 pixels."""
         layer = layer or self._require_image()
-        rows, cols = self._viewer.canvas.size
-        camera = self._camera()
-        zoom = camera.zoom
-        cy, cx = camera.center[-2:]
-        hr, hc = rows / (2 * zoom), cols / (2 * zoom)
-        corners = self._world_points(layer, [(cy - hr, cx - hc), (cy - hr, cx + hc), (cy + hr, cx - hc), (cy + hr, cx + hc)])
-        box = self._level0_box(layer, corners)
+        view = self._view_box(layer)
+        box = _clip_box(view, self._slide_size(layer)) if view is not None else None
         if box is None:
             raise _UserError(f"{layer.name} is not in view: pan to it or choose another scope")
         return box
@@ -612,7 +614,7 @@ class HoverFastWidget(Container):
                 display.set_view(self._view_box(image))
 
     def _view_box(self, image: Image) -> Box4 | None:
-        """The level-0 area (x0, y0, x1, y1) on the canvas, unclipped; None if not computable."""
+        """The level-0 area (x0, y0, x1, y1) on the canvas, unclipped; None before the canvas has a size."""
         rows, cols = self._viewer.canvas.size
         camera = self._camera()
         zoom = camera.zoom
@@ -620,10 +622,7 @@ class HoverFastWidget(Container):
             return None
         cy, cx = camera.center[-2:]
         hr, hc = rows / (2 * zoom), cols / (2 * zoom)
-        corners = self._world_points(image, [(cy - hr, cx - hc), (cy + hr, cx + hc)])
-        data = np.array([image.world_to_data(tuple(p)) for p in corners], dtype=np.float64)[:, -2:] + 0.5
-        (r0, c0), (r1, c1) = data.min(axis=0), data.max(axis=0)
-        return float(c0), float(r0), float(c1), float(r1)
+        return self._level0_edges(image, self._world_points(image, [(cy - hr, cx - hc), (cy + hr, cx + hc)]))
 
     def _on_yielded(self, item: Progress | NucleusBatch) -> None:
         run = self._run
@@ -705,6 +704,8 @@ class HoverFastWidget(Container):
             extra = f" ({run.duplicates:,} already found)" if run.duplicates else ""
             self.status.value = (f"Done: {len(result.tiles)} tiles, {run.added:,} nuclei{extra} "
                                  f"in {_duration(result.seconds)}")
+        if run.display.mode == OVERVIEW:
+            self.status.value += f" · {len(run.display.nuclei):,} in all: zoom in to see their outlines"
 
     def _on_errored(self, exc: BaseException) -> None:
         run = self._run
@@ -816,6 +817,15 @@ def _covered_boxes(layer: Shapes) -> np.ndarray:
     """Areas finished by earlier runs on this layer as (x0, y0, x1, y1) rows."""
     boxes = np.asarray(layer.metadata.get("covered") or [], dtype=np.float64).reshape(-1, 4)
     return np.column_stack([boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]])
+
+
+def _clip_box(edges: Box4, size: tuple[int, int]) -> Box | None:
+    """Whole level-0 pixels covering ``edges`` (x0, y0, x1, y1) within a slide of ``size`` (w, h)."""
+    x0, y0 = max(math.floor(edges[0]), 0), max(math.floor(edges[1]), 0)
+    x1, y1 = min(math.ceil(edges[2]), size[0]), min(math.ceil(edges[3]), size[1])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return Box(x0, y0, x1 - x0, y1 - y0)
 
 
 def _extent_of(layer: Shapes) -> tuple[int, int]:

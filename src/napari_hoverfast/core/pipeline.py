@@ -30,8 +30,8 @@ from .model import LoadedModel
 from .nuclei import Nuclei
 from .postprocess import PostprocessOptions, instance_labels, labels_to_polygons
 from .predict import Precision, PredictOptions, Predictor, Stain, prepare
-from .tissue import TissueMask, tiles_on_tissue
 from .tiling import Box, TileSpec, TilingOptions, order_by_distance, plan_tiles
+from .tissue import TissueMask, tiles_on_tissue
 
 log = logging.getLogger(__name__)
 
