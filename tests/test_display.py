@@ -208,3 +208,26 @@ def test_deleting_the_nuclei_layer_removes_its_overview(big, qtbot):
     viewer.layers.remove(layer)
     qtbot.waitUntil(lambda: overview not in viewer.layers, timeout=5000)
     assert widget._displays == {}
+
+
+def test_closing_and_reopening_the_widget_keeps_every_nucleus(big, qtbot, tmp_path):
+    viewer, widget, layer, polygons = big
+    overview = widget.display(layer).overview
+    zoom_to(viewer, (500, 500), 120)
+    widget.update_views()
+    viewer.window.remove_dock_widget(widget.native)
+    widget.native.deleteLater()  # napari keeps a removed dock's widget: delete it, as Qt does at exit
+    qtbot.waitUntil(lambda: widget._alive["closed"], timeout=5000)
+    layer.remove([0])  # an edit while no widget is open: the layer keeps it, the container not yet
+
+    again = HoverFastWidget(viewer)
+    again.display_options = DisplayOptions(max_outlines=LIMIT)
+    display = again.display(layer)  # adopts the container and the overview, and takes the edit in
+    assert display.overview is overview and len(display.nuclei) == len(polygons) - 1
+    layer.remove([0])
+    assert len(display.nuclei) == len(polygons) - 2
+    assert len(read_geojson(again.export(tmp_path / "again.geojson")[0])) == len(polygons) - 2
+    viewer.reset_view()
+    again.update_views()
+    assert layer.metadata["display"] == OVERVIEW and overview.visible
+    assert sum(OVERVIEW_KEY in im.metadata for im in viewer.layers) == 1

@@ -98,11 +98,32 @@ class NucleiDisplay:
         self._raster: np.ndarray | None = None
         self._factor = self._overview_factor()
         self._ours = False  # set while this class changes the layer: its events are not user edits
-        if layer.nshapes:  # a layer made by an earlier widget: its shapes are the nuclei
+        if not self._adopt() and layer.nshapes:  # a layer from elsewhere: its shapes are the nuclei
             self._rebuild_from_layer()
         layer.events.data.connect(self._on_data)
         layer.events.visible.connect(self._show_overview)
         self._publish()
+
+    def _adopt(self) -> bool:
+        """Carry on from an earlier display of this layer (the dock widget was closed and opened again)."""
+        metadata = self.layer.metadata
+        nuclei, shown = metadata.get("nuclei"), metadata.get("nuclei_shown")
+        if not (isinstance(nuclei, Nuclei) and isinstance(shown, np.ndarray)):
+            return False
+        self.nuclei, self.shown = nuclei, shown.copy()
+        self.mode = metadata.get("display", ALL)
+        window = metadata.get("window")
+        self.window = tuple(window) if window is not None else None  # type: ignore[assignment]
+        self.feature = metadata.get("color_by", NO_COLOR)
+        self.overview = next(
+            (im for im in self.viewer.layers if isinstance(im, Image) and im.metadata.get(OVERVIEW_KEY) == id(self.layer)),
+            None,
+        )
+        if self.overview is not None:
+            self._raster = self.overview.data
+        if len(self.shown) != self.layer.nshapes:  # edited while no display followed it
+            self._rebuild_from_layer()
+        return True
 
     # ---- adding ------------------------------------------------------------------------------
 
@@ -241,7 +262,7 @@ class NucleiDisplay:
         self.overview = self.viewer.add_image(
             self._raster, name=f"{layer.name} (overview)", scale=tuple(scale * f), translate=tuple(translate),
             colormap=self._overview_colormap(), contrast_limits=(0, 255), interpolation2d="nearest",
-            blending="translucent", visible=False, metadata={OVERVIEW_KEY: True, "nuclei_layer": layer.name},
+            blending="translucent", visible=False, metadata={OVERVIEW_KEY: id(layer), "nuclei_layer": layer.name},
             **extra,
         )
         self.viewer.layers.selection.clear()  # adding selects the new layer: give the user theirs back
@@ -362,8 +383,10 @@ class NucleiDisplay:
     def _publish(self) -> None:
         metadata = self.layer.metadata
         metadata["nuclei"] = self.nuclei
-        metadata["display"] = self.mode
+        metadata["nuclei_shown"] = self.shown
         metadata["nuclei_total"] = len(self.nuclei)
+        metadata["display"] = self.mode
+        metadata["window"] = self.window
 
     @contextmanager
     def _own_changes(self) -> Iterator[None]:
@@ -374,10 +397,14 @@ class NucleiDisplay:
         finally:
             self._ours = False
 
-    def close(self) -> None:
-        """Stop following the layer (it was deleted) and remove the overview."""
+    def detach(self) -> None:
+        """Stop following the layer's edits (the widget closed: a new one adopts the layer's state)."""
         for emitter, callback in ((self.layer.events.data, self._on_data), (self.layer.events.visible, self._show_overview)):
             emitter.disconnect(callback)
+
+    def close(self) -> None:
+        """Stop following the layer (it was deleted) and remove the overview."""
+        self.detach()
         if self.overview is not None and self.overview in self.viewer.layers:
             self.viewer.layers.remove(self.overview)
         self.overview = None

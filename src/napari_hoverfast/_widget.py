@@ -221,7 +221,7 @@ class HoverFastWidget(Container):
         self._pbar: Any = None
         self._run: _RunState | None = None
         # shared with callbacks that may outlive the widget (worker signals, Qt's destroyed)
-        self._alive: dict[str, Any] = {"closed": False, "cancel": None}
+        self._alive: dict[str, Any] = {"closed": False, "cancel": None, "displays": self._displays}
 
         self.model_choice.changed.connect(self._on_model_choice)
         self.model_path.changed.connect(self._on_model_path)
@@ -848,6 +848,9 @@ def _on_destroyed(alive: dict[str, Any]) -> None:
     alive["closed"] = True
     if alive.get("cancel") is not None:
         alive["cancel"].set()
+    for display in alive.get("displays", {}).values():
+        with contextlib.suppress(RuntimeError):  # the layer is gone along with the viewer
+            display.detach()
 
 
 def _drive(generator: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
