@@ -231,3 +231,15 @@ def test_closing_and_reopening_the_widget_keeps_every_nucleus(big, qtbot, tmp_pa
     again.update_views()
     assert layer.metadata["display"] == OVERVIEW and overview.visible
     assert sum(OVERVIEW_KEY in im.metadata for im in viewer.layers) == 1
+
+
+def test_a_deleted_overview_comes_back_when_zoomed_out_again(big):
+    viewer, widget, layer, polygons = big
+    viewer.layers.remove(widget.display(layer).overview)
+    zoom_to(viewer, (500, 500), 120)
+    widget.update_views()
+    viewer.reset_view()
+    widget.update_views()
+    overview = widget.display(layer).overview
+    assert overview in viewer.layers and overview.visible
+    assert np.count_nonzero(overview.data) == len(polygons)

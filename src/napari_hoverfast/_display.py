@@ -185,6 +185,7 @@ class NucleiDisplay:
             self._fill(self.nuclei.select(inside))
         else:
             self.mode, self.window = OVERVIEW, None
+            self._ensure_overview()  # (again, if the user deleted it)
             if len(self.shown):
                 self._fill(Nuclei(self.nuclei.mpp))
         self._show_overview()
