@@ -137,7 +137,6 @@ class NucleiDisplay:
             if len(self.nuclei) <= self.options.max_outlines:
                 self._append_outlines(new)
             else:
-                self._ensure_overview()
                 self._rewindow(force=True)
         elif self.mode == OUTLINES:
             inside = _inside(self.window, new.centroid_x, new.centroid_y)
@@ -176,6 +175,7 @@ class NucleiDisplay:
         view = self.view or (0.0, 0.0, float(self.slide_size[0]), float(self.slide_size[1]))
         if not force and self.mode == OUTLINES and self.window is not None and _contains(self.window, view):
             return
+        self._ensure_overview()  # windowed from now on (made again if the user deleted it)
         x0, y0, x1, y1 = view
         mx, my = (x1 - x0) * self.options.margin, (y1 - y0) * self.options.margin
         window = (x0 - mx, y0 - my, x1 + mx, y1 + my)
@@ -185,7 +185,6 @@ class NucleiDisplay:
             self._fill(self.nuclei.select(inside))
         else:
             self.mode, self.window = OVERVIEW, None
-            self._ensure_overview()  # (again, if the user deleted it)
             if len(self.shown):
                 self._fill(Nuclei(self.nuclei.mpp))
         self._show_overview()
@@ -297,9 +296,7 @@ class NucleiDisplay:
         if values is None:
             raster[rows, cols] = 255
             return
-        lo, hi = self.limits(self.feature)
-        scaled = (values - lo) / (hi - lo if hi > lo else 1.0)
-        raster[rows, cols] = 1 + np.round(254 * np.clip(np.nan_to_num(scaled, nan=0.0), 0.0, 1.0)).astype(np.uint8)
+        raster[rows, cols] = 1 + np.round(254 * _unit_scale(values, self.limits(self.feature))).astype(np.uint8)
 
     def _show_overview(self, *_: Any) -> None:
         overview = self.overview
@@ -442,10 +439,15 @@ def _default_limits(feature: str, mpp: float | None) -> tuple[float, float]:
     return 0.0, 100.0
 
 
-def colormap(values: np.ndarray, limits: tuple[float, float]) -> np.ndarray:
-    """RGBA colours of ``values`` on the turbo scale between ``limits`` (NaN: the low end)."""
+def _unit_scale(values: np.ndarray, limits: tuple[float, float]) -> np.ndarray:
+    """``values`` mapped to 0..1 between ``limits``, clipped; NaN counts as the low end."""
     lo, hi = limits
     scaled = (np.asarray(values, dtype=np.float64) - lo) / (hi - lo if hi > lo else 1.0)
-    colors = np.asarray(ensure_colormap("turbo").map(np.clip(np.nan_to_num(scaled, nan=0.0), 0, 1)), dtype=np.float32)
+    return np.clip(np.nan_to_num(scaled, nan=0.0), 0.0, 1.0)
+
+
+def colormap(values: np.ndarray, limits: tuple[float, float]) -> np.ndarray:
+    """RGBA colours of ``values`` on the turbo scale between ``limits`` (NaN: the low end)."""
+    colors = np.asarray(ensure_colormap("turbo").map(_unit_scale(values, limits)), dtype=np.float32)
     colors[:, 3] = 1.0
     return colors
