@@ -33,9 +33,9 @@ def test_segment_writes_geojson_csv_and_sidecar(tmp_path: Path, tile: Path, ckpt
     assert "nuclei in 1/1 tiles" in summary and str(out) in summary
     objects = read_geojson(out)
     assert all(o.object_type == "detection" for o in objects)
-    for obj in objects:
+    for obj in objects:  # ownership is by pixel centroid; the simplified outline's may be off by < 1 px
         c = obj.geometry.centroid
-        assert 100 <= c.x <= 400 and 200 <= c.y <= 450
+        assert 99 <= c.x <= 401 and 199 <= c.y <= 451
     check = qupath_check(out, "--expect-type", "detection")
     assert check.returncode == 0, check.stdout
     rows = (tmp_path / "cells.csv").read_text(encoding="utf-8").splitlines()

@@ -10,6 +10,7 @@ import pytest
 import shapely
 import tifffile
 
+from napari_hoverfast.core.default_model import load_model
 from napari_hoverfast.core.model import load_checkpoint
 from napari_hoverfast.core.pipeline import (
     NucleusBatch,
@@ -23,7 +24,7 @@ from napari_hoverfast.core.pipeline import (
 from napari_hoverfast.core.slide import Slide
 from napari_hoverfast.core.tiling import Box, TilingOptions
 
-SMALL = RunOptions(tiling=TilingOptions(tile=256, overlap=64), workers=0)
+SMALL = RunOptions(tiling=TilingOptions(tile=384), workers=0)
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +92,11 @@ def test_closing_the_generator_does_not_hang(tile_slide, model) -> None:
     run.close()
 
 
-def test_overlapping_regions_do_not_duplicate(tile_slide, model) -> None:
-    one = run_to_end(segment_slide(tile_slide, model, [Box(0, 0, 700, 700)], SMALL))
-    two = run_to_end(segment_slide(tile_slide, model, [Box(0, 0, 500, 700), Box(300, 0, 400, 700)], SMALL))
+def test_overlapping_regions_do_not_duplicate(tile_slide) -> None:
+    """A trained model: random weights draw blobs wider than any tile's context."""
+    trained = load_model(None, device="cpu")
+    one = run_to_end(segment_slide(tile_slide, trained, [Box(0, 0, 700, 700)], SMALL))
+    two = run_to_end(segment_slide(tile_slide, trained, [Box(0, 0, 500, 700), Box(300, 0, 400, 700)], SMALL))
     centres = np.stack([two.nuclei.centroid_x, two.nuclei.centroid_y], axis=1)
     assert len(np.unique(np.round(centres, 3), axis=0)) == len(centres)
     tree = shapely.STRtree(list(two.nuclei.polygons))
@@ -150,5 +153,6 @@ def test_twenty_x_slide_segments_in_level0_coordinates(shared_dir: Path, model) 
         result = run_to_end(segment_slide(slide, model, [Box(1000, 1200, 200, 160)], SMALL))
     assert result.scale == 2 and result.complete
     if len(result.nuclei):
-        assert result.nuclei.centroid_x.min() >= 1000 and result.nuclei.centroid_x.max() < 1200
-        assert result.nuclei.centroid_y.min() >= 1200 and result.nuclei.centroid_y.max() < 1360
+        assert result.nuclei.centroid_x.min() >= 999 and result.nuclei.centroid_x.max() < 1201
+        # ownership is by pixel centroid; a simplified outline's centroid may differ by < 1 px
+        assert result.nuclei.centroid_y.min() >= 1199 and result.nuclei.centroid_y.max() < 1361

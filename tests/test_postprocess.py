@@ -259,12 +259,15 @@ def test_simplify_reduces_vertices_but_keeps_the_shape():
 
 
 def test_min_area_in_pixels_and_in_square_microns():
+    """Upstream's size rule: the outline through boundary pixel centres must enclose more than the minimum."""
     labels = np.zeros((64, 64), np.int32)
-    labels[5:12, 5:15] = 1  # 70 px
-    labels[30:39, 30:40] = 2  # 90 px
+    labels[5:14, 5:15] = 1  # 90 px; its centre outline encloses 8 × 9 = 72 px
+    labels[30:40, 30:40] = 2  # 100 px; its centre outline encloses 9 × 9 = 81 px
     assert [label for label, _ in labels_to_polygons(labels, min_area_px=80)] == [2]
+    assert [label for label, _ in labels_to_polygons(labels, min_area_px=81)] == []
+    assert [label for label, _ in labels_to_polygons(labels, min_area_px=71.5)] == [1, 2]
     hv = hv_maps(labels)
-    # 5 µm² at 0.25 µm/px is 80 px: only the 90-px nucleus stays
+    # 5 µm² at 0.25 µm/px is 80 px: only the 100-px nucleus stays
     assert len(segment(labels > 0, hv)) == 1
     assert len(segment(labels > 0, hv, mpp=0.25, min_area_um2=5.0)) == 1
     # at 0.5 µm/px the same 5 µm² is 20 px: both stay

@@ -30,7 +30,7 @@ def test_owned_cells_partition_the_region(region: Box, tile: int, overlap: int) 
 
 def test_region_no_wider_than_a_tile_is_one_tile() -> None:
     (spec,) = plan_tiles(Box(100, 100, 1024, 1024))
-    assert (spec.input.w, spec.input.h) == (1152, 1152)
+    assert (spec.input.w, spec.input.h) == (1184, 1184)  # 80 px margins: 48 px padding reach + 32 px context
     assert spec.owned == Box(100, 100, 1024, 1024)
 
 

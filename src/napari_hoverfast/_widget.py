@@ -54,6 +54,7 @@ from ._display import (
 from ._layers import LEVEL0_PX, layer_mpp
 from .core.nuclei import AREA_PX, AREA_UM2, PERIMETER_UM, PROBABILITY, TILE, Nuclei
 from .core.pipeline import NucleusBatch, Progress, RunOptions, RunResult
+from .core.duplicates import duplicates_of
 from .core.tiling import Box, TilingOptions
 
 SCOPE_RECTANGLES = "Rectangles in a Shapes layer"
@@ -63,8 +64,6 @@ MODEL_DEFAULT = "Embedded default"
 MODEL_FILE = "Checkpoint file (.pth)"
 #: Environment switch: run on the main thread (tests; the stardist-napari pattern).
 SYNC_ENV = "HOVERFAST_SYNC"
-#: Existing nuclei overlapping a new one by more than this IoU make the new one a duplicate.
-DUPLICATE_IOU = 0.5
 #: Batches are shown together at most every FLUSH_MIN_SECONDS, and no sooner than FLUSH_BUSY_RATIO
 #: times the last layer update took (so updates take at most ~1/FLUSH_BUSY_RATIO of the time).
 FLUSH_MIN_SECONDS = 0.25
@@ -150,16 +149,8 @@ def novel_nuclei(batch: Nuclei, earlier: Nuclei, covered: np.ndarray) -> np.ndar
     )
     if not len(near):
         return keep
-    old = earlier.polygons[near]
-    tree = shapely.STRtree(old)
     candidates = np.flatnonzero(keep)
-    new_idx, old_idx = tree.query(polygons[candidates], predicate="intersects")
-    if not len(new_idx):
-        return keep
-    a, b = polygons[candidates[new_idx]], old[old_idx]
-    inter = shapely.area(shapely.intersection(a, b))
-    iou = inter / np.maximum(shapely.area(a) + shapely.area(b) - inter, 1e-12)
-    keep[candidates[new_idx[iou > DUPLICATE_IOU]]] = False
+    keep[candidates[duplicates_of(polygons[candidates], earlier.polygons[near])]] = False
     return keep
 
 
@@ -193,7 +184,7 @@ class HoverFastWidget(Container):
         self.min_area = FloatSpinBox(label="Min area (µm²)", value=5.0, min=0.0, max=1000.0, step=0.5)
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.batch_size = SpinBox(label="Batch size (0: auto)", value=0, min=0, max=256)
-        self.tile_size = SpinBox(label="Tile size (px)", value=1024, min=128, max=4096, step=64)
+        self.tile_size = SpinBox(label="Tile size (px)", value=2048, min=128, max=4096, step=64)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="", value=0, min=0, max=1, visible=False)
@@ -451,7 +442,7 @@ class HoverFastWidget(Container):
         tile = int(self.tile_size.value)
         try:
             return RunOptions(
-                tiling=TilingOptions(tile=tile, overlap=min(128, tile // 4)),
+                tiling=TilingOptions(tile=tile),
                 batch_size=int(self.batch_size.value) or None,
                 stain=self.stain.value,
                 min_area_um2=float(self.min_area.value),

@@ -19,18 +19,19 @@ import time
 from collections import deque
 from collections.abc import Generator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, astuple, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import shapely
 from scipy import ndimage
 
+from .duplicates import duplicates_of
 from .model import LoadedModel
 from .nuclei import Nuclei
 from .postprocess import PostprocessOptions, instance_labels, labels_to_polygons
 from .predict import Precision, PredictOptions, Predictor, Stain, prepare
-from .tiling import Box, TileSpec, TilingOptions, order_by_distance, plan_tiles
+from .tiling import Box, TileSpec, TilingOptions, order_by_distance, plan_tiles, post_window
 from .tissue import TissueMask, tiles_on_tissue
 
 log = logging.getLogger(__name__)
@@ -195,15 +196,21 @@ class _TileJob:
     post: PostprocessOptions
     exclude: tuple[Box, ...]
     bounds: Box
+    window: Box
 
 
 def postprocess_tile(prob: np.ndarray, hv: np.ndarray, job: _TileJob) -> tuple[list[Any], np.ndarray]:
     """One tile's maps → its owned nuclei as level-0 polygons, with mean nucleus probability.
 
-    A nucleus is kept when its centroid (working pixels, half-open) lies in the tile's owned cell and
-    in no earlier region of the same run.
+    Only the tile's post-processing window (valid context: no zero-padding border, nothing outside
+    the slide) is segmented. A nucleus is kept when its centroid (working pixels, half-open) lies in
+    the tile's owned cell and in no earlier region of the same run.
     """
     post = job.post
+    w, i = job.window, job.spec.input
+    rows = slice(w.y - i.y, w.y - i.y + w.h)
+    cols = slice(w.x - i.x, w.x - i.x + w.w)
+    prob, hv = prob[rows, cols], hv[:, rows, cols]
     labels = instance_labels(
         prob, hv, marker_threshold=post.marker_threshold, min_marker_px=post.min_marker_px,
         blur_sigma=post.blur_sigma, mask_threshold=post.mask_threshold,
@@ -216,8 +223,8 @@ def postprocess_tile(prob: np.ndarray, hv: np.ndarray, job: _TileJob) -> tuple[l
     # Ownership uses the label's pixel centroid: the same in both overlapping tiles when their
     # predictions agree, and independent of polygon simplification.
     centres = np.array(ndimage.center_of_mass(np.ones_like(labels, dtype=np.uint8), labels, ids), dtype=np.float64).reshape(-1, 2)
-    cy = centres[:, 0] + 0.5 + job.spec.input.y
-    cx = centres[:, 1] + 0.5 + job.spec.input.x
+    cy = centres[:, 0] + 0.5 + w.y
+    cx = centres[:, 1] + 0.5 + w.x
     owned = job.spec.owned
     keep = (cx >= owned.x) & (cx < owned.x + owned.w) & (cy >= owned.y) & (cy < owned.y + owned.h)
     for box in job.exclude:
@@ -226,7 +233,7 @@ def postprocess_tile(prob: np.ndarray, hv: np.ndarray, job: _TileJob) -> tuple[l
         return [], np.zeros(0, np.float32)
     means = np.asarray(ndimage.mean(prob, labels, ids[keep]), dtype=np.float32)
     polygons = np.array([p for (_, p), k in zip(pairs, keep) if k], dtype=object)
-    offset = np.array([job.spec.input.x, job.spec.input.y], dtype=np.float64)
+    offset = np.array([w.x, w.y], dtype=np.float64)
     polygons = shapely.transform(polygons, lambda xy: (xy + offset) / job.scale)
     # Context outside the slide is reflected pixels: nothing found there is real.
     b = job.bounds
@@ -326,6 +333,7 @@ def segment_slide(
     predicting ends the run with ``error`` set instead of losing what was found.
     """
     options = options or RunOptions()
+    options = replace(options, tiling=options.tiling.resolved(model.config.padding_reach))
     geometry = _slide_geometry(slide, options, whole_slide=not regions)
     tiles = plan_run(slide, regions, geometry, options, tissue=tissue, priority=priority)
     post = PostprocessOptions(mpp=geometry.work_mpp, min_area_um2=options.min_area_um2, simplify=options.simplify)
@@ -344,10 +352,12 @@ def segment_slide(
     )
     region_boxes = [r.scaled(geometry.scale) for r in regions] if regions else []
     bounds = Box(0, 0, *slide.dimensions)
+    work_bounds = bounds.scaled(geometry.scale)
     jobs: dict[int, _TileJob] = {}
     for spec in tiles:
         earlier = tuple(b for b in region_boxes[: spec.region] if b.intersects(spec.owned))
-        jobs[spec.index] = _TileJob(spec=spec, scale=geometry.scale, post=post, exclude=earlier, bounds=bounds)
+        window = post_window(spec, options.tiling, work_bounds)
+        jobs[spec.index] = _TileJob(spec=spec, scale=geometry.scale, post=post, exclude=earlier, bounds=bounds, window=window)
     batches = _batches(tiles, batch_size)
     reader = _Reader(slide, batches, geometry, options.stain, options.read_ahead)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) if workers > 0 else None
@@ -356,9 +366,15 @@ def segment_slide(
     started = time.perf_counter()
     reader.start()
 
+    neighbours = _neighbours(tiles)
+    rows: dict[int, tuple[int, int]] = {}  # tile -> its nuclei's rows in the container
+
     def finish(spec: TileSpec, outcome: Any) -> Generator[Progress | NucleusBatch, None, None]:
         polygons, probability = outcome.result() if isinstance(outcome, Future) else outcome
+        polygons, probability = _drop_seam_copies(nuclei, rows, neighbours[spec.index], polygons, probability)
+        start = len(nuclei)
         batch = nuclei.append(polygons, probability, spec.index)
+        rows[spec.index] = (start, len(nuclei))
         result.tiles_done.append(spec.index)
         if len(batch):
             yield NucleusBatch(nuclei=batch, tiles=(spec.index,))
@@ -408,6 +424,38 @@ def segment_slide(
         result.timings = timings
         result.seconds = time.perf_counter() - started
     return result
+
+
+def _neighbours(tiles: Sequence[TileSpec]) -> dict[int, list[int]]:
+    """For each tile, the other tiles whose cells its input reaches (where a seam copy can be)."""
+    def boxes(attr: str) -> np.ndarray:
+        return shapely.box(*np.array([[b.x, b.y, b.x + b.w, b.y + b.h] for b in (getattr(t, attr) for t in tiles)], float).T)
+
+    out: dict[int, list[int]] = {t.index: [] for t in tiles}
+    if len(tiles) < 2:
+        return out
+    # predicate "intersects" on open boxes would also pair cells that only share an edge: harmless
+    src, dst = shapely.STRtree(boxes("owned")).query(boxes("input"), predicate="intersects")
+    for i, j in zip(src, dst):
+        if i != j:
+            out[tiles[i].index].append(tiles[j].index)
+    return out
+
+
+def _drop_seam_copies(
+    nuclei: Nuclei, rows: dict[int, tuple[int, int]], neighbours: list[int], polygons: list[Any], probability: np.ndarray
+) -> tuple[list[Any], np.ndarray]:
+    """A finished tile's nuclei without those a finished neighbour already holds (see ``duplicates.py``)."""
+    done = [rows[i] for i in neighbours if i in rows and rows[i][1] > rows[i][0]]
+    if not polygons or not done:
+        return polygons, probability
+    old = np.concatenate([nuclei.polygons[a:b] for a, b in done])
+    copy = duplicates_of(np.asarray(polygons, dtype=object), old)
+    if copy.any():
+        log.debug("%d nucleus outline(s) already found by a neighbouring tile", int(copy.sum()))
+        polygons = [p for p, c in zip(polygons, copy) if not c]
+        probability = np.asarray(probability)[~copy]
+    return polygons, probability
 
 
 def _ready(outcome: Any) -> bool:

@@ -1,9 +1,12 @@
 """Tile geometry: overlapping network inputs and the half-open areas each tile owns.
 
 A region is cut into cells of ``tile - overlap`` pixels; each cell's tile extends ``overlap / 2``
-pixels of context on every side. A nucleus belongs to the tile whose cell holds its centroid, with
-half-open intervals ``[start, stop)``, so a centroid on a seam has exactly one owner (upstream
-HoverFast keeps it in both and duplicates it). All boxes here are in working-resolution pixels.
+pixels of context on every side. Of that margin, the outer ``valid_border`` pixels are where the
+network's zero padding distorts its output: post-processing never sees them (see
+:func:`post_window`). The rest is context, so that a nucleus on a cell's edge is seen whole. A
+nucleus belongs to the tile whose cell holds its centroid, with half-open intervals
+``[start, stop)``, so a centroid on a seam has exactly one owner (upstream HoverFast keeps it in
+both and duplicates it). All boxes here are in working-resolution pixels.
 """
 
 from __future__ import annotations
@@ -56,22 +59,64 @@ class TileSpec:
     region: int = 0
 
 
+#: Context beyond a cell, inside the valid area, for nuclei on its edge (8 µm at 40×: a large nucleus's radius).
+NUCLEUS_CONTEXT = 32
+#: The default model's padding reach (``ModelConfig().padding_reach``), for plans made without a model.
+DEFAULT_VALID_BORDER = 48
+
+
 @dataclass(frozen=True)
 class TilingOptions:
-    """Upstream defaults: 1024² tiles, 128 px overlap (64 px of context per side)."""
+    """Tile size, overlap and the border of each tile's output that post-processing skips.
 
-    tile: int = 1024
-    overlap: int = 128
+    Tiles are 2048 px by default (upstream: 1024): the maps are min-max normalised per tile, so a
+    region done in one tile gives upstream's nuclei for that ROI (99.8 % matched on a 2048² mosaic,
+    87.5 % when done as 3×3 tiles of 1024), computes 1.18 pixels per pixel kept instead of 1.40,
+    and needs 3.5 GB on the CPU (upstream needs 19 GB for the same ROI).
+
+    ``overlap`` and ``valid_border`` left ``None`` follow the model: ``valid_border`` is its
+    :attr:`~napari_hoverfast.core.model.ModelConfig.padding_reach` and ``overlap`` leaves
+    :data:`NUCLEUS_CONTEXT` px of valid context on each side (160 px for the default model).
+    :meth:`resolved` fills them in.
+    """
+
+    tile: int = 2048
+    overlap: int | None = None
+    valid_border: int | None = None
 
     def __post_init__(self) -> None:
         if self.tile < 64:
             raise ValueError(f"Tile size {self.tile} is too small (at least 64 px)")
-        if not 0 <= self.overlap < self.tile // 2:
+        if self.overlap is not None and not 0 <= self.overlap < self.tile // 2:
             raise ValueError(f"Overlap {self.overlap} must be between 0 and half the tile size ({self.tile // 2})")
+        if self.valid_border is not None and self.valid_border < 0:
+            raise ValueError(f"valid_border must be zero or more, got {self.valid_border}")
+        if self.overlap is not None and self.valid_border is not None and self.valid_border > self.overlap // 2:
+            raise ValueError(f"valid_border {self.valid_border} exceeds the context of an overlap of {self.overlap} px")
+
+    def resolved(self, padding_reach: int = DEFAULT_VALID_BORDER) -> TilingOptions:
+        """These options with ``overlap`` and ``valid_border`` set (from the model's ``padding_reach``).
+
+        With an overlap too small for the reach (given, or capped by a small tile), the border
+        shrinks so that at least half the margin stays context: the caller chose speed over
+        exactness at the tiles' edges.
+        """
+        if self.overlap is not None and self.valid_border is not None:
+            return self
+        border = padding_reach if self.valid_border is None else self.valid_border
+        overlap = self.overlap if self.overlap is not None else min(2 * (border + NUCLEUS_CONTEXT), self.tile // 2 - 1)
+        margin = overlap // 2
+        if self.valid_border is None:
+            border = min(border, margin - min(NUCLEUS_CONTEXT, margin // 2))
+        return TilingOptions(tile=self.tile, overlap=overlap, valid_border=min(border, margin))
 
     @property
     def step(self) -> int:
-        return self.tile - self.overlap
+        return self.tile - self.resolved().overlap_px
+
+    @property
+    def overlap_px(self) -> int:
+        return self.overlap if self.overlap is not None else self.resolved().overlap_px
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -80,7 +125,7 @@ def _round_up(value: int, multiple: int) -> int:
 
 def _axis(start: int, length: int, options: TilingOptions, multiple: int) -> tuple[int, list[tuple[int, int]]]:
     """Input size along one axis and the (cell start, cell length) list."""
-    margin = options.overlap // 2
+    margin = options.overlap_px // 2
     if length <= options.tile:  # one cell: a tile of up to tile + overlap beats four mostly-context tiles
         return _round_up(length + 2 * margin, multiple), [(start, length)]
     step = options.step
@@ -100,8 +145,8 @@ def plan_tiles(
     A region no wider than a tile is one cell (its input is the region plus the context margins);
     small regions thus get one small tile instead of a mostly empty 1024² one.
     """
-    options = options or TilingOptions()
-    margin = options.overlap // 2
+    options = (options or TilingOptions()).resolved()
+    margin = options.overlap_px // 2
     width, xs = _axis(region.x, region.w, options, multiple)
     height, ys = _axis(region.y, region.h, options, multiple)
     tiles = []
@@ -116,6 +161,20 @@ def plan_tiles(
                 )
             )
     return tiles
+
+
+def post_window(spec: TileSpec, options: TilingOptions, bounds: Box) -> Box:
+    """The part of a tile's output that post-processing uses: valid context only.
+
+    That is the input without its ``valid_border`` (where zero padding distorts the maps) and
+    without what lies outside ``bounds`` (the slide in working pixels: reflected pixels there are
+    no tissue). Maps are normalised over this window only, as upstream normalises over the ROI.
+    """
+    b = options.resolved().valid_border or 0
+    i = spec.input
+    x0, y0 = max(i.x + b, bounds.x), max(i.y + b, bounds.y)
+    x1, y1 = min(i.x + i.w - b, bounds.x + bounds.w), min(i.y + i.h - b, bounds.y + bounds.h)
+    return Box(x0, y0, max(x1 - x0, 1), max(y1 - y0, 1))
 
 
 def order_by_distance(tiles: Sequence[TileSpec], point: tuple[float, float]) -> list[TileSpec]:
