@@ -23,17 +23,18 @@ from ._layers import (
     layer_mpp,
     shapes_data_from_polygons,
 )
+from .core.formats import GEOJSON_SUFFIXES, stem_of
 
 log = logging.getLogger(__name__)
 
 PathOrPaths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
 ReaderFunction = Callable[[PathOrPaths], list[LayerDataTuple] | None]
 
 SLIDE_SUFFIXES = (
     ".svs", ".ndpi", ".tif", ".tiff", ".scn", ".bif", ".svslide", ".mrxs", ".qptiff",
     ".ome.tif", ".ome.tiff",
 )
-GEOJSON_SUFFIXES = (".geojson", ".geojson.gz", ".json")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 #: Scanner formats tiffslide knows by their metadata (tifffile's ``is_<format>`` flags).
 _WSI_FLAGS = ("is_svs", "is_ndpi", "is_scn", "is_bif", "is_philips", "is_qpi")
@@ -199,11 +200,7 @@ def _shapes_layer(path: Path, objects: Sequence[Any], mpp: float | None, image_n
         ],
         dtype=float,
     ).reshape(-1, 4)
-    name = path.name
-    for suffix in (".geojson.gz", ".geojson", ".json"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = stem_of(path)
     kwargs: dict[str, Any] = {
         "name": name,
         "shape_type": "polygon",

@@ -31,6 +31,7 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict[str, Any]) -> li
     (``metadata["display"]`` other than "all") writes every nucleus of ``metadata["nuclei"]``.
     Returns ``[path]``.
     """
+    from .core.formats import write_geojson
     from .core.geojson import write_detections
     from .core.nuclei import Nuclei
 
@@ -38,7 +39,7 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict[str, Any]) -> li
     nuclei = metadata.get("nuclei")
     if metadata.get("display", "all") != "all" and isinstance(nuclei, Nuclei):
         # a large result: the layer holds only the outlines near the view, the container all of them
-        nuclei.to_geojson(path)
+        write_geojson(nuclei, path)
         return [path]
     polygons, rows = shapes_to_polygons(data, attributes)
     measurements = _measurement_rows(attributes.get("features"), rows)

@@ -47,12 +47,14 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from .formats import GEOJSON_SUFFIXES
+
 log = logging.getLogger(__name__)
 
 #: Default classification colour of written nuclei (QuPath draws detections in their class colour).
 DEFAULT_COLOR: tuple[int, int, int] = (255, 0, 0)
 #: File name endings QuPath imports objects from (it decides by name only).
-SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
+SUFFIXES = GEOJSON_SUFFIXES
 #: Object types :func:`write_detections` may write (cells need a nucleus geometry it does not have).
 WRITABLE_TYPES = ("detection", "annotation")
 

@@ -13,10 +13,8 @@ the exports leave them out.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from os import PathLike
 from typing import Any
 
 import numpy as np
@@ -24,7 +22,7 @@ import numpy.typing as npt
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
-from .geojson import DEFAULT_COLOR, GeoObject, _atomic_text_file, write_detections
+from .geojson import GeoObject
 
 #: Human-readable column names, shared by GeoJSON measurements, CSV headers and napari features.
 AREA_UM2 = "Area µm^2"
@@ -290,32 +288,13 @@ class Nuclei:
         out[TILE] = self.tile
         return out
 
-    # ---- export -------------------------------------------------------------------------------
+    def rows(self) -> Iterator[dict[str, float]]:
+        """One measurement dict per nucleus, generated lazily (columns converted to Python once).
 
-    def _rows(self) -> Iterator[dict[str, float]]:
-        """One measurement dict per nucleus, generated lazily (columns converted to Python once)."""
+        The writers (``core/formats.py``) stream these into GeoJSON measurements.
+        """
         columns = self.measurements()
         names = list(columns)
         values = [columns[k].tolist() for k in names]
         for row in zip(*values, strict=True):
             yield dict(zip(names, row, strict=True))
-
-    def to_geojson(self, path: str | PathLike[str], *, name: str = "Nucleus",
-                   color: tuple[int, int, int] = DEFAULT_COLOR) -> int:
-        """Write the nuclei as QuPath detections with their measurements; return the count written."""
-        return write_detections(path, self.polygons, self._rows(), name=name, color=color)
-
-    def to_csv(self, path: str | PathLike[str]) -> int:
-        """Write one row per nucleus (``id`` then :meth:`measurements`) as UTF-8 CSV; return the row count.
-
-        Written atomically (``.csv.gz`` is gzip compressed); NaN values become empty cells. Geometry
-        is not included: use :meth:`to_geojson` for outlines.
-        """
-        measurements = self.measurements()
-        columns = [self.ids.tolist()] + [v.tolist() for v in measurements.values()]
-        with _atomic_text_file(path, error=OSError, newline="") as out:
-            writer = csv.writer(out)
-            writer.writerow(["id", *measurements])
-            for row in zip(*columns, strict=True):
-                writer.writerow(["" if isinstance(v, float) and not math.isfinite(v) else v for v in row])
-        return self._n
