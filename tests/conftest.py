@@ -36,3 +36,11 @@ def qupath_check(shared_dir: Path) -> Callable[..., subprocess.CompletedProcess[
         )
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _own_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own user cache folder (the widget's tile cache lives there): no test sees
+    another's cached tiles, and none writes into the real user cache."""
+    monkeypatch.setenv("NAPARI_HOVERFAST_CACHE", str(tmp_path / "user-cache"))
+    monkeypatch.setenv("NAPARI_HOVERFAST_TILE_CACHE", str(tmp_path / "tile-cache"))

@@ -75,7 +75,7 @@ def test_bad_model_unwritable_output_and_bad_roi(tmp_path: Path, tile: Path, ckp
     (tmp_path / "afile").write_text("")
     proc = _cli("segment", str(tile), "-o", str(tmp_path / "afile" / "x.geojson"), "--model", str(ckpt))
     assert proc.returncode == 2 and "Cannot write" in proc.stderr
-    proc = _cli("segment", str(tile), "-o", str(tmp_path / "x.geojson"), "--model", str(ckpt), "--roi", "5000", "0", "10", "10")
+    proc = _cli("segment", str(tile), "-o", str(tmp_path / "x.geojson"), "--model", str(ckpt), "--roi", "5000", "0", "10", "10", "--mpp", "0.25")
     assert proc.returncode == 2 and "outside" in proc.stderr and "Traceback" not in proc.stderr
     proc = _cli("segment", str(tile), "-o", str(tmp_path / "x.txt"), "--model", str(ckpt))
     assert proc.returncode == 2 and ".geojson" in proc.stderr

@@ -10,6 +10,7 @@ import pytest
 import shapely
 from shapely.geometry import box
 
+from napari_hoverfast.core.formats import write_csv, write_geojson
 from napari_hoverfast.core.geojson import read_geojson
 from napari_hoverfast.core.nuclei import (
     AREA_PX,
@@ -84,10 +85,10 @@ def test_unknown_mpp_leaves_micrometres_out(tmp_path, qupath_check):
     assert np.isnan(nuclei.area_um2).all() and np.isnan(nuclei.perimeter_um).all()
     assert list(nuclei.measurements()) == [AREA_PX, PROBABILITY, CENTROID_X, CENTROID_Y, TILE]
     path = tmp_path / "nuclei.geojson"
-    nuclei.to_geojson(path)
+    write_geojson(nuclei, path)
     assert set(read_geojson(path)[0].measurements) == {AREA_PX, PROBABILITY, CENTROID_X, CENTROID_Y, TILE}
     (tmp_path / "n.csv").write_text("an older file, replaced\n")
-    nuclei.to_csv(tmp_path / "n.csv")
+    write_csv(nuclei, tmp_path / "n.csv")
     with (tmp_path / "n.csv").open(encoding="utf-8", newline="") as fh:
         assert next(csv.reader(fh)) == ["id", AREA_PX, PROBABILITY, CENTROID_X, CENTROID_Y, TILE]
 
@@ -120,7 +121,7 @@ def test_csv_round_trip(tmp_path):
     nuclei = Nuclei(mpp=0.2425)
     nuclei.append([box(0, 0, 3, 5), box(10.5, 10, 12, 13.25)], [0.875, math.nan], [7, 8])
     path = tmp_path / "nuclei.csv"
-    assert nuclei.to_csv(path) == 2
+    assert write_csv(nuclei, path) == 2
 
     with path.open(encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -141,14 +142,14 @@ def test_csv_unwritable_path(tmp_path):
     nuclei = Nuclei(mpp=0.25)
     nuclei.append(squares(1), 0.5, 0)
     with pytest.raises(OSError, match="is a file, not a folder"):
-        nuclei.to_csv(blocker / "nuclei.csv")
+        write_csv(nuclei, blocker / "nuclei.csv")
 
 
 def test_geojson_round_trip(tmp_path, qupath_check):
     nuclei = Nuclei(mpp=0.25)
     nuclei.append(squares(300, size=4.123), np.linspace(0.5, 1.0, 300), np.arange(300) // 100)
     path = tmp_path / "nuclei.geojson.gz"
-    assert nuclei.to_geojson(path) == 300
+    assert write_geojson(nuclei, path) == 300
 
     result = qupath_check(path, "--expect-type", "detection", "--werror", "--min-features", "300")
     assert result.returncode == 0, result.stdout

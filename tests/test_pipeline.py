@@ -60,7 +60,7 @@ def test_progress_and_batches_add_up(tile_slide, model) -> None:
     assert progress[-1].eta == 0
     # every nucleus lies inside the slide and has its centroid in the region
     assert (result.nuclei.centroid_x < 600 + 1).all() and (result.nuclei.centroid_y < 500 + 1).all()
-    assert set(result.timings) == {"read", "forward", "postprocess"}
+    assert set(result.timings) == {"read", "forward", "postprocess", "cache_read"}
     assert result.parameters["model_sha256"] == model.sha256
 
 

@@ -44,6 +44,12 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("napari-hoverfast", appauthor=False))
 
 
+def tile_cache_dir() -> Path:
+    """Where the widget keeps tiles' network output: ``$NAPARI_HOVERFAST_TILE_CACHE``, else ``tiles/`` of :func:`cache_dir`."""
+    env = os.environ.get("NAPARI_HOVERFAST_TILE_CACHE")
+    return Path(env).expanduser() if env else cache_dir() / "tiles"
+
+
 def sample_tile() -> list[LayerDataTuple]:
     """The bundled 1024² H&E tile at 40× as an RGB image layer in µm."""
     from .core.slide import Slide

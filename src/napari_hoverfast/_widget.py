@@ -30,6 +30,7 @@ import napari
 import numpy as np
 import shapely
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -54,7 +55,9 @@ from ._display import (
 from ._layers import LEVEL0_PX, layer_mpp
 from .core.nuclei import AREA_PX, AREA_UM2, PERIMETER_UM, PROBABILITY, TILE, Nuclei
 from .core.pipeline import NucleusBatch, Progress, RunOptions, RunResult
+from .core.cache import CacheError, TileCache
 from .core.duplicates import duplicates_of
+from .core.job import SlideJob, run_slide_job
 from .core.tiling import Box, TilingOptions
 
 SCOPE_RECTANGLES = "Rectangles in a Shapes layer"
@@ -68,6 +71,8 @@ SYNC_ENV = "HOVERFAST_SYNC"
 #: times the last layer update took (so updates take at most ~1/FLUSH_BUSY_RATIO of the time).
 FLUSH_MIN_SECONDS = 0.25
 FLUSH_BUSY_RATIO = 4.0
+#: The widget's tile cache holds at most this many bytes (least recently used tiles evicted).
+WIDGET_CACHE_BYTES = 5 * 10**9
 #: The outlines follow the view this long after the camera stops (ms): one rebuild per gesture.
 VIEW_SETTLE_MS = 150
 
@@ -81,38 +86,22 @@ class _UserError(ValueError):
 
 @dataclass
 class _Job:
-    """One run: built on the main thread from the widget, consumed by :func:`run_job` in the worker."""
+    """One run: the engine's :class:`SlideJob` plus what the widget keeps open (model, tile cache)."""
 
-    path: str
-    mpp: float | None
+    slide_job: SlideJob
     model: Any
-    regions: list[Box] | None
-    options: RunOptions
-    priority: tuple[float, float] | None
+    cache: TileCache | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def regions(self) -> tuple[Box, ...] | None:
+        return self.slide_job.regions
 
 
 def run_job(job: _Job) -> Generator[Progress | NucleusBatch, None, RunResult]:
-    """Open the slide once, find its tissue for a whole-slide run, and delegate to the engine.
-
-    Runs in the worker thread; the slide is closed however the run ends.
-    """
-    from .core.pipeline import RunError, segment_slide
-    from .core.slide import Slide
-    from .core.tissue import tissue_mask
-
-    slide = Slide(job.path, mpp=job.mpp)
-    try:
-        tissue = None
-        if job.regions is None:
-            tissue = tissue_mask(slide)
-            if not tissue.mask.any():
-                raise RunError(f"No tissue found on {slide.name}: draw rectangles or use the current view")
-        return (yield from segment_slide(
-            slide, job.model, job.regions, job.options, tissue=tissue, priority=job.priority, cancel=job.cancel
-        ))
-    finally:
-        slide.close()
+    """The engine's one runner (``core/job.py``), in the worker thread: same rules as the CLI."""
+    done = yield from run_slide_job(job.slide_job, model=job.model, cancel=job.cancel, cache=job.cache)
+    return done.run
 
 
 # --- de-duplication against earlier runs ------------------------------------------------------------
@@ -185,6 +174,9 @@ class HoverFastWidget(Container):
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.batch_size = SpinBox(label="Batch size (0: auto)", value=0, min=0, max=256)
         self.tile_size = SpinBox(label="Tile size (px)", value=2048, min=128, max=4096, step=64)
+        self.pixel_size = FloatSpinBox(label="Pixel size (µm, 0: the image's)", value=0.0, min=0.0, max=20.0, step=0.001)
+        self.use_cache = CheckBox(text="Keep the network's output (resume, re-threshold)", value=True)
+        self.clear_cache_button = PushButton(text="Clear cache")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="", value=0, min=0, max=1, visible=False)
@@ -195,7 +187,8 @@ class HoverFastWidget(Container):
         self.export_button = PushButton(text="Export GeoJSON + CSV…")
         self.extend([
             self.image, self.model_choice, self.model_path, self.model_info, self.scope, self.shapes_layer,
-            self.stain, self.min_area, self.device, self.batch_size, self.tile_size, self.run_button,
+            self.stain, self.min_area, self.device, self.batch_size, self.tile_size, self.pixel_size,
+            self.use_cache, self.clear_cache_button, self.run_button,
             self.cancel_button, self.progress, self.status, self.color_by, self.export_button,
         ])
         for widget in (self.model_info, self.status):
@@ -222,6 +215,8 @@ class HoverFastWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.color_by.changed.connect(self._on_color_by)
         self.export_button.changed.connect(self._on_export_clicked)
+        self.clear_cache_button.changed.connect(self.clear_cache)
+        self._cache: TileCache | None = None
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._on_layers_changed)
@@ -468,7 +463,42 @@ class HoverFastWidget(Container):
                 raise _UserError(f"{layer.name} has no pixel size (µm per pixel): a whole-slide run needs one")
             regions = None
             priority = self.view_centre(layer)
-        return _Job(path=path, mpp=mpp, model=model, regions=regions, options=self._options(), priority=priority)
+        if self.pixel_size.value > 0:
+            mpp = float(self.pixel_size.value)
+        if mpp is None:
+            raise _UserError(f"{layer.name} has no pixel size (µm per pixel): set Pixel size (µm) to the scan's")
+        slide_job = SlideJob(slide=path, mpp=mpp, regions=tuple(regions) if regions else None,
+                             options=self._options(), priority=priority)
+        return _Job(slide_job=slide_job, model=model, cache=self.tile_cache())
+
+    def tile_cache(self) -> TileCache | None:
+        """The widget's tile cache (user cache folder, 5 GB, least recently used evicted), if on and usable."""
+        if not self.use_cache.value:
+            return None
+        if self._cache is None:
+            from ._sample_data import tile_cache_dir
+
+            try:
+                self._cache = TileCache(tile_cache_dir(), max_bytes=WIDGET_CACHE_BYTES)
+            except CacheError as exc:
+                show_info(f"{exc}; running without the cache")
+                return None
+        return self._cache
+
+    def clear_cache(self, *_: Any) -> int:
+        """Remove every cached tile (Clear cache button); returns the bytes freed."""
+        cache = self._cache
+        if cache is None:
+            from ._sample_data import tile_cache_dir
+
+            folder = tile_cache_dir()
+            if not folder.is_dir():
+                self.status.value = "The cache is empty"
+                return 0
+            cache = TileCache(folder, max_bytes=WIDGET_CACHE_BYTES)
+        freed = cache.clear()
+        self.status.value = f"Cache cleared: {freed / 1e6:,.0f} MB freed"
+        return freed
 
     @property
     def running(self) -> bool:
@@ -693,7 +723,8 @@ class HoverFastWidget(Container):
                                  f"{run.added:,} nuclei kept")
         else:
             extra = f" ({run.duplicates:,} already found)" if run.duplicates else ""
-            self.status.value = (f"Done: {len(result.tiles)} tiles, {run.added:,} nuclei{extra} "
+            cached = f" ({result.tiles_cached} from the cache)" if result.tiles_cached else ""
+            self.status.value = (f"Done: {len(result.tiles)} tiles{cached}, {run.added:,} nuclei{extra} "
                                  f"in {_duration(result.seconds)}")
         if run.display.mode == OVERVIEW:
             self.status.value += f" · {len(run.display.nuclei):,} in all: zoom in to see their outlines"
@@ -739,7 +770,10 @@ class HoverFastWidget(Container):
         if layer is None:
             return
         start = str(Path(layer.metadata.get("slide") or Path.home() / "nuclei").with_suffix("")) + "_nuclei.geojson"
-        path, _ = QFileDialog.getSaveFileName(self.native, "Export nuclei", start, "QuPath GeoJSON (*.geojson *.geojson.gz)")
+        from .core.formats import GEOJSON_SUFFIXES
+
+        patterns = " ".join(f"*{s}" for s in GEOJSON_SUFFIXES)
+        path, _ = QFileDialog.getSaveFileName(self.native, "Export nuclei", start, f"QuPath GeoJSON ({patterns})")
         if path:
             self.export(path)
 
@@ -757,16 +791,16 @@ class HoverFastWidget(Container):
     def export(self, path: str | os.PathLike[str], layer: Shapes | None = None) -> list[Path]:
         """QuPath GeoJSON of the nuclei layer, the run's parameters beside it (``.run.json``) and a CSV
         of the measurements (same name, ``.csv``). Returns the files written."""
-        from .core.export import export_nuclei
+        from .core.formats import GEOJSON_SUFFIXES, find_format, stem_of
+        from .core.outputs import OutputSet, write_outputs
 
         layer = layer or self._export_layer()
         if layer is None:
             return []
         path = Path(path)
-        if not path.name.lower().endswith((".geojson", ".geojson.gz")):
-            path = path.with_name(path.name + ".geojson")
-        stem = path.name[: -len(".geojson.gz")] if path.name.lower().endswith(".gz") else path.stem
-        csv_path = path.with_name(stem + ".csv")
+        if find_format(path, "geojson") is None:
+            path = path.with_name(path.name + GEOJSON_SUFFIXES[0])
+        csv_path = path.with_name(stem_of(path) + ".csv")
         nuclei = self.display(layer).nuclei
         parameters = {
             "run": layer.metadata.get("run"), "runs": layer.metadata.get("runs"),
@@ -775,7 +809,7 @@ class HoverFastWidget(Container):
             "image": layer.metadata.get("image"), "slide": layer.metadata.get("slide"),
         }
         try:
-            written = export_nuclei(nuclei, path, csv_path=csv_path, parameters=parameters)
+            written = write_outputs(nuclei, OutputSet(path, csv_path), complete=True, sidecar=parameters)
         except (OSError, ValueError) as exc:
             self._report(f"Export failed: {exc}")
             return []

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="segment nuclei in a slide or image and write QuPath GeoJSON")
     seg.add_argument("input", type=Path, help="a slide tiffslide opens (SVS, NDPI, tiled TIFF…) or an RGB image")
-    seg.add_argument("-o", "--output", type=Path, required=True, help="OUT.geojson or OUT.geojson.gz")
+    seg.add_argument("-o", "--output", type=Path, required=True, help="OUT.geojson or OUT.geojson.gz (.json, .json.gz)")
     seg.add_argument("--model", type=Path, default=None, help="HoverFast checkpoint (.pth); default: the embedded model")
     seg.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="region in level-0 pixels")
     seg.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--mpp", type=_positive_float, default=None, help="µm per pixel when the file does not say")
     seg.add_argument("--tissue-mask", type=Path, default=None, help="binary tissue mask image (any scale) for whole-slide runs")
     seg.add_argument("--csv", type=Path, default=None, help="also write per-nucleus measurements as CSV")
+    seg.add_argument("--max-area", type=_positive_float, default=None, metavar="UM2", help="largest nucleus, µm² (none)")
+    seg.add_argument("--prob-threshold", type=float, default=0.5, help="nucleus probability threshold (0.5)")
+    seg.add_argument("--marker-threshold", type=float, default=0.4, help="watershed marker threshold on the edge energy (0.4)")
+    seg.add_argument("--simplify", type=_non_negative_float, default=6.0, help="outline simplification, upstream's units (6; 0 keeps pixel outlines)")
+    seg.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                     help="keep each tile's network output here: a rerun resumes, new thresholds re-use it (off)")
     seg.add_argument("--workers", type=int, default=None, help="post-processing processes (default: CPU count)")
 
     demo = sub.add_parser("demo", help="segment the bundled H&E tile with the embedded model (a first check)")
@@ -163,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-hoverfast: interrupted", file=sys.stderr)
         return 130
-    except (CliError, ValueError, OSError) as exc:
+    except (CliError, ValueError, OSError) as exc:  # CacheError and RunError included
         print(f"napari-hoverfast: error: {exc}", file=sys.stderr)
         return 2
 

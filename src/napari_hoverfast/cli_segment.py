@@ -1,4 +1,4 @@
-"""``napari-hoverfast segment``: drain the pipeline with a tqdm bar, then write GeoJSON (and CSV)."""
+"""``napari-hoverfast segment``: build a :class:`SlideJob`, run it with a tqdm bar, report one line."""
 
 from __future__ import annotations
 
@@ -7,59 +7,73 @@ import sys
 
 from .cli import CliError
 
+#: Exit status of a run stopped by Ctrl-C (128 + SIGINT), after its partial result is written.
+INTERRUPTED = 130
+
+
+def build_job(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The job the command line describes; options are checked here, before any work."""
+    from .core.job import SlideJob
+    from .core.outputs import check_outputs
+    from .core.pipeline import RunOptions
+    from .core.tiling import Box
+
+    try:
+        options = RunOptions(
+            batch_size=args.batch_size, stain=args.stain, min_area_um2=args.min_area, max_area_um2=args.max_area,
+            simplify=args.simplify, mask_threshold=args.prob_threshold, marker_threshold=args.marker_threshold,
+            workers=args.workers,
+        )
+        job = SlideJob(
+            slide=str(args.input), mpp=args.mpp, regions=(Box(*args.roi),) if args.roi else None,
+            tissue_mask=str(args.tissue_mask) if args.tissue_mask else None, model=str(args.model) if args.model else None,
+            device=args.device, options=options, output=str(args.output), csv=str(args.csv) if args.csv else None,
+            cache=str(args.cache) if args.cache else None,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    assert job.outputs is not None
+    check_outputs(job.outputs, inputs=(args.input, args.model, args.tissue_mask))
+    check_outputs(job.outputs.partial(), inputs=(args.input, args.model, args.tissue_mask))
+    return job
+
 
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .core.default_model import load_model
-    from .core.export import check_writable, export_nuclei
-    from .core.pipeline import NucleusBatch, Progress, RunOptions, segment_slide
-    from .core.slide import Slide
-    from .core.tiling import Box
+    from .core.job import run_slide_job
+    from .core.pipeline import Progress
 
-    name = args.output.name.lower()
-    if not (name.endswith(".geojson") or name.endswith(".geojson.gz") or name.endswith(".json")):
-        raise CliError(f"output must end in .geojson or .geojson.gz, got {args.output.name}")
-    check_writable(args.output)
-    if args.csv is not None:
-        check_writable(args.csv)
-    options = RunOptions(
-        batch_size=args.batch_size, stain=args.stain, min_area_um2=args.min_area, workers=args.workers
-    )
-    with Slide(args.input, mpp=args.mpp) as slide:
-        model = load_model(args.model, device=args.device)
-        regions = [Box(*args.roi)] if args.roi else None
-        tissue = None
-        if regions is None and slide.level_count == 1 and max(slide.dimensions) <= 8192 and args.tissue_mask is None:
-            regions = [Box(0, 0, *slide.dimensions)]  # a plain image or small scan: all of it
-        elif regions is None:
-            from .core import tissue as tissue_mod
-
-            tissue = (
-                tissue_mod.mask_from_image(args.tissue_mask, slide.dimensions)
-                if args.tissue_mask is not None
-                else tissue_mod.tissue_mask(slide)
-            )
-        run = segment_slide(slide, model, regions, options, tissue=tissue)
-        with tqdm(total=0, unit="tile", dynamic_ncols=True, file=sys.stderr) as bar:
-            while True:
+    job = build_job(args)
+    run = run_slide_job(job)
+    first = next(run)  # opens the slide and plans the run: bad input fails here, before the bar
+    with tqdm(total=first.tiles_total if isinstance(first, Progress) else 0, unit="tile", dynamic_ncols=True, file=sys.stderr) as bar:
+        while True:
+            try:
                 try:
                     event = next(run)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                if isinstance(event, Progress):
-                    bar.total = event.tiles_total
-                    bar.n = event.tiles_done
-                    bar.set_postfix(nuclei=event.nuclei)
-                    bar.refresh()
-                elif isinstance(event, NucleusBatch):
-                    pass
-    written = export_nuclei(result.nuclei, args.output, csv_path=args.csv, parameters=result.parameters)
-    print(
-        f"{len(result.nuclei)} nuclei in {len(result.tiles_done)}/{len(result.tiles)} tiles, "
-        f"{result.seconds:.1f} s; wrote {', '.join(str(p) for p in written)}"
+                except KeyboardInterrupt:  # arrived outside the run's own code: hand it to the run
+                    event = run.throw(KeyboardInterrupt())
+            except StopIteration as stop:
+                done = stop.value
+                break
+            if isinstance(event, Progress):
+                bar.total = event.tiles_total
+                bar.n = event.tiles_done
+                bar.set_postfix(nuclei=event.nuclei)
+                bar.refresh()
+    result = done.run
+    cached = f" ({result.tiles_cached} from the cache)" if result.tiles_cached else ""
+    summary = (
+        f"{len(result.nuclei)} nuclei in {len(result.tiles_done)}/{len(result.tiles)} tiles{cached}, "
+        f"{result.seconds:.1f} s; wrote {', '.join(str(p) for p in done.written)}"
     )
+    print(summary)
+    if result.interrupted:
+        print("napari-hoverfast: interrupted: the nuclei found so far were written as the partial result above", file=sys.stderr)
+        return INTERRUPTED
     if result.error:
-        raise CliError(f"run stopped early ({result.error}); the nuclei found so far were written")
+        raise CliError(f"run stopped early ({result.error}); the nuclei found so far were written as the partial result")
+    if result.cancelled:
+        raise CliError("run cancelled; the nuclei found so far were written as the partial result")
     return 0

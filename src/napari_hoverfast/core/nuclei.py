@@ -141,7 +141,7 @@ class Nuclei:
         ``polygons`` are shapely Polygons in level-0 pixels; ``probability`` (mean nucleus probability,
         0..1) and ``tile`` (source tile index) are one value per polygon or a scalar for all.
         Polygons are stored as given: they should be valid (shapely's area of a self-intersecting
-        polygon is meaningless); :meth:`to_geojson` repairs what QuPath would reject.
+        polygon is meaningless); ``formats.write_geojson`` repairs what QuPath would reject.
         """
         n = len(polygons)
         ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)

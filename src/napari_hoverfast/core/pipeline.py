@@ -1,10 +1,13 @@
 """A segmentation run as a generator: yields progress and nucleus batches, returns the run's result.
 
 The same generator serves the CLI (drained in a loop), the Python API and the napari widget (run in a
-``thread_worker``, where each ``yield`` is also where a quit request takes effect). Three stages
-overlap so the slowest sets the pace: a read-ahead thread reads and prepares tiles, this thread runs
-the network, and a process pool post-processes finished tiles (watershed and polygons are CPU-bound
-Python/NumPy and would otherwise hold the GIL against the reader).
+``thread_worker``, where each ``yield`` is also where a quit request takes effect). Its stages
+(``stages.py``) are plan → predict → post-process, with the tile cache (``cache.py``) between predict
+and post-process: tiles whose maps are cached are post-processed first, straight from the cache, and
+the others are read, predicted and stored. Three stages overlap so the slowest sets the pace: a
+read-ahead thread reads and prepares tiles, this thread runs the network, and a process pool
+post-processes finished tiles (watershed and polygons are CPU-bound Python/NumPy and would otherwise
+hold the GIL against the reader).
 """
 
 from __future__ import annotations
@@ -13,24 +16,22 @@ import logging
 import math
 import multiprocessing
 import os
-import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Generator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, astuple, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import shapely
-from scipy import ndimage
 
-from .duplicates import duplicates_of
+from .cache import TileCache, TileMaps, slide_fingerprint, tile_key
 from .model import LoadedModel
 from .nuclei import Nuclei
-from .postprocess import PostprocessOptions, instance_labels, labels_to_polygons
-from .predict import Precision, PredictOptions, Predictor, Stain, prepare
+from .postprocess import PostprocessOptions
+from .predict import Precision, PredictOptions, Predictor, Stain
+from .stages import Reader, TileWork, drop_seam_copies, ignore_interrupts, neighbours, postprocess_tile, predict_batch
 from .tiling import Box, TileSpec, TilingOptions, order_by_distance, plan_tiles, post_window
 from .tissue import TissueMask, tiles_on_tissue
 
@@ -53,17 +54,30 @@ class RunOptions:
     stain: Stain = "he"
     precision: Precision = "auto"
     min_area_um2: float = 5.0
+    max_area_um2: float | None = None
     simplify: float = 6.0
+    marker_threshold: float = 0.4
+    mask_threshold: float = 0.5
     workers: int | None = None
     read_ahead: int = 2
-    assume_mpp: float = 0.25
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
             raise RunError(f"batch size must be at least 1, got {self.batch_size}")
         if self.min_area_um2 < 0:
             raise RunError(f"minimum area must be zero or more, got {self.min_area_um2}")
+        try:
+            self.postprocess(0.25)
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
         PredictOptions(stain=self.stain, precision=self.precision)
+
+    def postprocess(self, work_mpp: float) -> PostprocessOptions:
+        """The post-processing options at the working resolution (changing them re-uses cached maps)."""
+        return PostprocessOptions(
+            mpp=work_mpp, min_area_um2=self.min_area_um2, max_area_um2=self.max_area_um2, simplify=self.simplify,
+            marker_threshold=self.marker_threshold, mask_threshold=self.mask_threshold,
+        )
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,11 @@ class NucleusBatch:
 
 @dataclass
 class RunResult:
-    """What a run found. ``cancelled``/``error`` say why it ended early; nuclei found so far are kept."""
+    """What a run found. ``cancelled``/``error`` say why it ended early; nuclei found so far are kept.
+
+    ``interrupted`` is a Ctrl-C (KeyboardInterrupt) during the run; ``tiles_cached`` the tiles whose
+    maps came from the cache instead of the network.
+    """
 
     nuclei: Nuclei
     tiles: list[TileSpec]
@@ -102,6 +120,8 @@ class RunResult:
     scale: float
     cancelled: bool = False
     error: str | None = None
+    interrupted: bool = False
+    tiles_cached: int = 0
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -135,14 +155,11 @@ def working_geometry(mpp: float) -> Geometry:
     return geometry
 
 
-def _slide_geometry(slide: Any, options: RunOptions, whole_slide: bool) -> Geometry:
-    mpp = slide.mpp
-    if mpp is None:
-        if whole_slide:
-            raise RunError(f"{slide.name} has no resolution (µm per pixel) in its metadata: give one (--mpp)")
-        log.warning("%s has no resolution in its metadata: assuming %.3f µm/px (40×); pass --mpp to set it", slide.name, options.assume_mpp)
-        mpp = options.assume_mpp
-    return working_geometry(float(mpp))
+def slide_geometry(slide: Any) -> Geometry:
+    """The slide's working geometry; a slide without a resolution is an error (never assumed)."""
+    if slide.mpp is None:
+        raise RunError(f"{slide.name} has no resolution (µm per pixel) in its metadata: give one (--mpp)")
+    return working_geometry(float(slide.mpp))
 
 
 def _check_region(region: Box, dimensions: tuple[int, int], name: str) -> Box:
@@ -164,9 +181,10 @@ def plan_run(
     *,
     tissue: TissueMask | None = None,
     priority: tuple[float, float] | None = None,
+    multiple: int = 8,
 ) -> list[TileSpec]:
     """Tiles in working pixels for the given level-0 regions, or for the tissue of the whole slide."""
-    multiple = 8
+    multiple = max(8, multiple)
     if regions:
         tiles: list[TileSpec] = []
         for number, region in enumerate(regions):
@@ -187,122 +205,6 @@ def plan_run(
     return tiles
 
 
-@dataclass(frozen=True)
-class _TileJob:
-    """What a post-processing worker needs for one tile (picklable)."""
-
-    spec: TileSpec
-    scale: float
-    post: PostprocessOptions
-    exclude: tuple[Box, ...]
-    bounds: Box
-    window: Box
-
-
-def postprocess_tile(prob: np.ndarray, hv: np.ndarray, job: _TileJob) -> tuple[list[Any], np.ndarray]:
-    """One tile's maps → its owned nuclei as level-0 polygons, with mean nucleus probability.
-
-    Only the tile's post-processing window (valid context: no zero-padding border, nothing outside
-    the slide) is segmented. A nucleus is kept when its centroid (working pixels, half-open) lies in
-    the tile's owned cell and in no earlier region of the same run.
-    """
-    post = job.post
-    w, i = job.window, job.spec.input
-    rows = slice(w.y - i.y, w.y - i.y + w.h)
-    cols = slice(w.x - i.x, w.x - i.x + w.w)
-    prob, hv = prob[rows, cols], hv[:, rows, cols]
-    labels = instance_labels(
-        prob, hv, marker_threshold=post.marker_threshold, min_marker_px=post.min_marker_px,
-        blur_sigma=post.blur_sigma, mask_threshold=post.mask_threshold,
-    )
-    min_area_px = post.min_area_um2 / (post.mpp * post.mpp)
-    pairs = labels_to_polygons(labels, min_area_px=min_area_px, simplify=post.simplify)
-    if not pairs:
-        return [], np.zeros(0, np.float32)
-    ids = np.array([label for label, _ in pairs])
-    # Ownership uses the label's pixel centroid: the same in both overlapping tiles when their
-    # predictions agree, and independent of polygon simplification.
-    centres = np.array(ndimage.center_of_mass(np.ones_like(labels, dtype=np.uint8), labels, ids), dtype=np.float64).reshape(-1, 2)
-    cy = centres[:, 0] + 0.5 + w.y
-    cx = centres[:, 1] + 0.5 + w.x
-    owned = job.spec.owned
-    keep = (cx >= owned.x) & (cx < owned.x + owned.w) & (cy >= owned.y) & (cy < owned.y + owned.h)
-    for box in job.exclude:
-        keep &= ~((cx >= box.x) & (cx < box.x + box.w) & (cy >= box.y) & (cy < box.y + box.h))
-    if not keep.any():
-        return [], np.zeros(0, np.float32)
-    means = np.asarray(ndimage.mean(prob, labels, ids[keep]), dtype=np.float32)
-    polygons = np.array([p for (_, p), k in zip(pairs, keep) if k], dtype=object)
-    offset = np.array([w.x, w.y], dtype=np.float64)
-    polygons = shapely.transform(polygons, lambda xy: (xy + offset) / job.scale)
-    # Context outside the slide is reflected pixels: nothing found there is real.
-    b = job.bounds
-    outside = ~shapely.contains_properly(shapely.box(b.x, b.y, b.x + b.w, b.y + b.h), polygons)
-    if outside.any():
-        clipped = shapely.intersection(polygons[outside], shapely.box(b.x, b.y, b.x + b.w, b.y + b.h))
-        polygons[outside] = [_largest_part(g) for g in clipped]
-        good = np.array([p is not None for p in polygons])
-        polygons, means = polygons[good], means[good]
-    return list(polygons), means
-
-
-def _largest_part(geometry: Any) -> Any:
-    parts = [g for g in getattr(geometry, "geoms", [geometry]) if g.geom_type == "Polygon" and not g.is_empty]
-    return max(parts, key=lambda g: g.area) if parts else None
-
-
-class _Reader(threading.Thread):
-    """Reads and prepares batches of tiles ahead of the network, into a bounded queue."""
-
-    def __init__(self, slide: Any, batches: list[list[TileSpec]], geometry: Geometry, stain: Stain, depth: int) -> None:
-        super().__init__(name="hoverfast-reader", daemon=True)
-        self.slide = slide
-        self.batches = batches
-        self.geometry = geometry
-        self.stain = stain
-        self.out: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
-        self.stop = threading.Event()
-        self.seconds = 0.0
-
-    def read_tile(self, spec: TileSpec) -> np.ndarray:
-        box = spec.input.scaled(1.0 / self.geometry.scale)
-        native = self.slide.mpp is None  # assumed resolution: read pixels as they are
-        pixels = self.slide.read_region(box.x, box.y, box.w, box.h, mpp=None if native else self.geometry.work_mpp, pad=True)
-        if pixels.shape[:2] != (spec.input.h, spec.input.w):
-            from skimage.transform import resize
-
-            pixels = (resize(pixels, (spec.input.h, spec.input.w), order=1, preserve_range=True)).astype(np.uint8)
-        return pixels
-
-    def run(self) -> None:
-        try:
-            for batch in self.batches:
-                if self.stop.is_set():
-                    return
-                start = time.perf_counter()
-                images = prepare(np.stack([self.read_tile(spec) for spec in batch]), self.stain)
-                self.seconds += time.perf_counter() - start
-                while not self.stop.is_set():
-                    try:
-                        self.out.put((batch, images), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as exc:  # handed to the consumer, which reports it
-            self.out.put(exc)
-        finally:
-            self.out.put(None)
-
-    def items(self) -> Generator[tuple[list[TileSpec], np.ndarray], None, None]:
-        while True:
-            item = self.out.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-
 def _default_batch_size(model: LoadedModel, tile: int) -> int:
     if model.device.type == "cuda":
         return max(1, int(8 * (1024 / tile) ** 2))
@@ -315,6 +217,17 @@ def _default_workers(n_tiles: int) -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
+@dataclass
+class _Keys:
+    """Cache keys of a run's tiles: everything the maps depend on besides the tile's geometry."""
+
+    cache: TileCache
+    parts: dict[str, Any]
+
+    def __call__(self, spec: TileSpec, window: Box) -> str:
+        return tile_key(**self.parts, input=astuple(spec.input), window=astuple(window))
+
+
 def segment_slide(
     slide: Any,
     model: LoadedModel,
@@ -324,19 +237,23 @@ def segment_slide(
     tissue: TissueMask | None = None,
     priority: tuple[float, float] | None = None,
     cancel: threading.Event | None = None,
+    cache: TileCache | None = None,
 ) -> Generator[Progress | NucleusBatch, None, RunResult]:
     """Segment nuclei in level-0 ``regions`` of ``slide`` (all of it, on ``tissue``, when ``None``).
 
     Yields :class:`NucleusBatch` as tiles finish and :class:`Progress` after each; returns a
     :class:`RunResult`. Setting ``cancel`` (or closing the generator) stops between batches; the
-    result then holds every nucleus found so far, with ``cancelled=True``. An error while reading or
-    predicting ends the run with ``error`` set instead of losing what was found.
+    result then holds every nucleus found so far, with ``cancelled=True``; a Ctrl-C does the same
+    with ``interrupted=True``. An error while reading or predicting ends the run with ``error`` set
+    instead of losing what was found. With a ``cache``, tiles already predicted (same slide, model,
+    geometry, resolution, stain and precision) are not predicted again, and every tile predicted is
+    stored as soon as it is done, so a later run resumes or re-thresholds from there.
     """
     options = options or RunOptions()
     options = replace(options, tiling=options.tiling.resolved(model.config.padding_reach))
-    geometry = _slide_geometry(slide, options, whole_slide=not regions)
-    tiles = plan_run(slide, regions, geometry, options, tissue=tissue, priority=priority)
-    post = PostprocessOptions(mpp=geometry.work_mpp, min_area_um2=options.min_area_um2, simplify=options.simplify)
+    geometry = slide_geometry(slide)
+    tiles = plan_run(slide, regions, geometry, options, tissue=tissue, priority=priority, multiple=model.config.multiple)
+    post = options.postprocess(geometry.work_mpp)
     predictor = Predictor(model, PredictOptions(stain=options.stain, precision=options.precision))
     batch_size = options.batch_size or _default_batch_size(model, options.tiling.tile)
     workers = _default_workers(len(tiles)) if options.workers is None else options.workers
@@ -347,31 +264,48 @@ def segment_slide(
             "slide": str(getattr(slide, "path", slide)), "mpp": geometry.mpp, "work_mpp": geometry.work_mpp,
             "regions": [asdict(r) for r in regions] if regions else None, "model": model.source,
             **{k: v for k, v in asdict(options).items() if k not in ("workers", "read_ahead")},
-            "model_sha256": model.sha256, "device": model.device.type, "batch_size": batch_size,
+            "model_sha256": model.sha256, "device": model.device.type, "precision_used": predictor.precision,
+            "batch_size": batch_size,
         },
     )
     region_boxes = [r.scaled(geometry.scale) for r in regions] if regions else []
     bounds = Box(0, 0, *slide.dimensions)
     work_bounds = bounds.scaled(geometry.scale)
-    jobs: dict[int, _TileJob] = {}
+    works: dict[int, TileWork] = {}
     for spec in tiles:
         earlier = tuple(b for b in region_boxes[: spec.region] if b.intersects(spec.owned))
         window = post_window(spec, options.tiling, work_bounds)
-        jobs[spec.index] = _TileJob(spec=spec, scale=geometry.scale, post=post, exclude=earlier, bounds=bounds, window=window)
-    batches = _batches(tiles, batch_size)
-    reader = _Reader(slide, batches, geometry, options.stain, options.read_ahead)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) if workers > 0 else None
+        works[spec.index] = TileWork(spec=spec, window=window, scale=geometry.scale, post=post, exclude=earlier, bounds=bounds)
+    keys: _Keys | None = None
+    if cache is not None:
+        keys = _Keys(cache, {
+            "slide": slide_fingerprint(slide.path, slide.dimensions), "model": model.sha256,
+            "work_mpp": round(geometry.work_mpp, 9), "scale": round(geometry.scale, 9),
+            "stain": options.stain, "precision": predictor.precision, "device": model.device.type,
+        })
+    pool = (
+        ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts)
+        if workers > 0 else None
+    )
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoverfast-cache") if cache is not None else None
     pending: deque[tuple[TileSpec, Future[Any] | tuple[list[Any], np.ndarray]]] = deque()
-    timings = {"read": 0.0, "forward": 0.0, "postprocess": 0.0}
-    started = time.perf_counter()
-    reader.start()
-
-    neighbours = _neighbours(tiles)
+    timings = {"read": 0.0, "forward": 0.0, "postprocess": 0.0, "cache_read": 0.0}
+    near = neighbours(tiles)
     rows: dict[int, tuple[int, int]] = {}  # tile -> its nuclei's rows in the container
+    started = time.perf_counter()
+    reader: Reader | None = None
+
+    def submit(spec: TileSpec, maps: TileMaps) -> None:
+        if pool is not None:
+            pending.append((spec, pool.submit(postprocess_tile, maps, works[spec.index])))
+        else:
+            t1 = time.perf_counter()
+            pending.append((spec, postprocess_tile(maps, works[spec.index])))
+            timings["postprocess"] += time.perf_counter() - t1
 
     def finish(spec: TileSpec, outcome: Any) -> Generator[Progress | NucleusBatch, None, None]:
         polygons, probability = outcome.result() if isinstance(outcome, Future) else outcome
-        polygons, probability = _drop_seam_copies(nuclei, rows, neighbours[spec.index], polygons, probability)
+        polygons, probability = drop_seam_copies(nuclei, rows, near[spec.index], polygons, probability)
         start = len(nuclei)
         batch = nuclei.append(polygons, probability, spec.index)
         rows[spec.index] = (start, len(nuclei))
@@ -380,82 +314,78 @@ def segment_slide(
             yield NucleusBatch(nuclei=batch, tiles=(spec.index,))
         yield Progress(len(result.tiles_done), len(tiles), len(nuclei), time.perf_counter() - started)
 
+    def drain(limit: int) -> Generator[Progress | NucleusBatch, None, None]:
+        while pending and (len(pending) > limit or _ready(pending[0][1])):
+            yield from finish(*pending.popleft())
+
+    def cancelled() -> bool:
+        return cancel is not None and cancel.is_set()
+
     yield Progress(0, len(tiles), 0, 0.0)
     try:
-        for batch_specs, images in reader.items():
-            if cancel is not None and cancel.is_set():
-                result.cancelled = True
-                break
-            t0 = time.perf_counter()
-            prob, hv = predictor(images)
-            timings["forward"] += time.perf_counter() - t0
-            for i, spec in enumerate(batch_specs):
-                if pool is not None:
-                    pending.append((spec, pool.submit(postprocess_tile, prob[i], hv[i], jobs[spec.index])))
-                else:
-                    t1 = time.perf_counter()
-                    pending.append((spec, postprocess_tile(prob[i], hv[i], jobs[spec.index])))
-                    timings["postprocess"] += time.perf_counter() - t1
-            limit = 2 * max(1, workers)
-            while pending and (len(pending) > limit or _ready(pending[0][1])):
-                yield from finish(*pending.popleft())
+        to_predict = tiles
+        if keys is not None:  # cached tiles first, straight to post-processing
+            to_predict = []
+            for spec in tiles:
+                window = works[spec.index].window
+                key = keys(spec, window)
+                if key not in keys.cache:
+                    to_predict.append(spec)
+                    continue
+                if cancelled():
+                    result.cancelled = True
+                    break
+                t0 = time.perf_counter()
+                maps = keys.cache.get(key, (window.h, window.w))
+                timings["cache_read"] += time.perf_counter() - t0
+                if maps is None:
+                    to_predict.append(spec)
+                    continue
+                result.tiles_cached += 1
+                submit(spec, maps)
+                yield from drain(2 * max(1, workers))
+        if not result.cancelled:
+            reader = Reader(slide, _batches(to_predict, batch_size), geometry.scale, geometry.work_mpp, options.stain, options.read_ahead)
+            reader.start()
+            for batch_specs, images in reader.items():
+                if cancelled():
+                    result.cancelled = True
+                    break
+                t0 = time.perf_counter()
+                windows = [works[spec.index].window for spec in batch_specs]
+                maps_list = predict_batch(predictor, images, batch_specs, windows)
+                timings["forward"] += time.perf_counter() - t0
+                for spec, window, maps in zip(batch_specs, windows, maps_list, strict=True):
+                    if writer is not None and keys is not None:
+                        writer.submit(keys.cache.put, keys(spec, window), maps)
+                    submit(spec, maps)
+                yield from drain(2 * max(1, workers))
         while pending:
-            if cancel is not None and cancel.is_set():
+            if cancelled():
                 result.cancelled = True
             yield from finish(*pending.popleft())
-        if cancel is not None and cancel.is_set() and len(result.tiles_done) < len(tiles):
+        if cancelled() and len(result.tiles_done) < len(tiles):
             result.cancelled = True
     except GeneratorExit:
         result.cancelled = True
         raise
+    except KeyboardInterrupt:
+        result.cancelled = result.interrupted = True
+        log.warning("Run interrupted: %d of %d tiles done", len(result.tiles_done), len(tiles))
     except (MemoryError, RuntimeError, OSError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         log.error("Run stopped: %s", result.error)
     finally:
-        reader.stop.set()
-        while True:  # unblock the reader if it waits on a full queue
-            try:
-                reader.out.get_nowait()
-            except queue.Empty:
-                break
+        if reader is not None:
+            reader.close()
+            timings["read"] = reader.seconds
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-        timings["read"] = reader.seconds
+        if writer is not None:
+            writer.shutdown(wait=True)  # every predicted tile reaches the cache: the next run resumes
         result.timings = timings
         result.seconds = time.perf_counter() - started
     return result
-
-
-def _neighbours(tiles: Sequence[TileSpec]) -> dict[int, list[int]]:
-    """For each tile, the other tiles whose cells its input reaches (where a seam copy can be)."""
-    def boxes(attr: str) -> np.ndarray:
-        return shapely.box(*np.array([[b.x, b.y, b.x + b.w, b.y + b.h] for b in (getattr(t, attr) for t in tiles)], float).T)
-
-    out: dict[int, list[int]] = {t.index: [] for t in tiles}
-    if len(tiles) < 2:
-        return out
-    # predicate "intersects" on open boxes would also pair cells that only share an edge: harmless
-    src, dst = shapely.STRtree(boxes("owned")).query(boxes("input"), predicate="intersects")
-    for i, j in zip(src, dst):
-        if i != j:
-            out[tiles[i].index].append(tiles[j].index)
-    return out
-
-
-def _drop_seam_copies(
-    nuclei: Nuclei, rows: dict[int, tuple[int, int]], neighbours: list[int], polygons: list[Any], probability: np.ndarray
-) -> tuple[list[Any], np.ndarray]:
-    """A finished tile's nuclei without those a finished neighbour already holds (see ``duplicates.py``)."""
-    done = [rows[i] for i in neighbours if i in rows and rows[i][1] > rows[i][0]]
-    if not polygons or not done:
-        return polygons, probability
-    old = np.concatenate([nuclei.polygons[a:b] for a, b in done])
-    copy = duplicates_of(np.asarray(polygons, dtype=object), old)
-    if copy.any():
-        log.debug("%d nucleus outline(s) already found by a neighbouring tile", int(copy.sum()))
-        polygons = [p for p, c in zip(polygons, copy) if not c]
-        probability = np.asarray(probability)[~copy]
-    return polygons, probability
 
 
 def _ready(outcome: Any) -> bool:

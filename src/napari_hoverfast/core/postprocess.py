@@ -75,6 +75,7 @@ class PostprocessOptions:
 
     mpp: float = 0.25
     min_area_um2: float = 5.0
+    max_area_um2: float | None = None
     simplify: float = 6.0
     marker_threshold: float = 0.4
     mask_threshold: float = 0.5
@@ -86,8 +87,12 @@ class PostprocessOptions:
             raise ValueError(f"mpp must be positive, got {self.mpp}")
         if self.min_area_um2 < 0:
             raise ValueError(f"min_area_um2 must be >= 0, got {self.min_area_um2}")
+        if self.max_area_um2 is not None and not self.max_area_um2 > self.min_area_um2:
+            raise ValueError(f"max_area_um2 must be above min_area_um2 ({self.min_area_um2}), got {self.max_area_um2}")
         if self.simplify < 0:
             raise ValueError(f"simplify must be >= 0, got {self.simplify}")
+        if not 0 < self.mask_threshold < 1:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if not 0 < self.marker_threshold < 2:
             raise ValueError(f"marker_threshold must be in (0, 2), got {self.marker_threshold}")
         if self.min_marker_px < 0:
@@ -100,12 +105,18 @@ class PostprocessOptions:
         """``min_area_um2`` in pixels of the maps."""
         return self.min_area_um2 / (self.mpp * self.mpp)
 
+    @property
+    def max_area_px(self) -> float | None:
+        """``max_area_um2`` in pixels of the maps (``None``: no maximum)."""
+        return None if self.max_area_um2 is None else self.max_area_um2 / (self.mpp * self.mpp)
+
 
 class PostprocessOverrides(TypedDict, total=False):
     """Keyword overrides of :class:`PostprocessOptions` accepted by :func:`segment`."""
 
     mpp: float
     min_area_um2: float
+    max_area_um2: float | None
     simplify: float
     marker_threshold: float
     mask_threshold: float
@@ -375,6 +386,7 @@ def labels_to_polygons(
     labels: np.ndarray,
     *,
     min_area_px: float = 0.0,
+    max_area_px: float | None = None,
     simplify: float = 6.0,
 ) -> list[tuple[int, Polygon]]:
     """One polygon per label, ``(label, polygon)`` in (x, y) level-0 pixel coordinates.
@@ -384,7 +396,8 @@ def labels_to_polygons(
     several 8-connected pieces keeps its largest piece; holes are ignored. With ``min_area_px`` > 0,
     a label is kept when the outline through its kept piece's boundary pixel centres encloses more
     than ``min_area_px`` (upstream's size rule, see :func:`_centre_area`; such an outline encloses
-    fewer pixels than the piece has: a 10×10 square encloses 81). ``simplify`` is upstream's Douglas-Peucker
+    fewer pixels than the piece has: a 10×10 square encloses 81). Labels of more than
+    ``max_area_px`` pixels are dropped (``None``: no maximum). ``simplify`` is upstream's Douglas-Peucker
     tolerance (epsilon = simplify * perimeter / 1000 px); a polygon that plain Douglas-Peucker
     would break is simplified topology-preserving instead. Every returned polygon is valid after
     rounding to 0.01 px (it is returned rounded); the rare one that is not is repaired or dropped,
@@ -420,6 +433,8 @@ def labels_to_polygons(
     rings: list[np.ndarray] = []
     for index, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None or (min_area_px > 0 and areas[index] <= min_area_px):
+            continue
+        if max_area_px is not None and areas[index] > max_area_px:
             continue  # the centre outline encloses fewer pixels than the label has
         own = _largest_piece(labels[sl] == index)
         if min_area_px > 0 and _centre_area(own) <= min_area_px:
@@ -483,7 +498,7 @@ def segment_with_labels(
         blur_sigma=opts.blur_sigma,
         mask_threshold=opts.mask_threshold,
     )
-    polygons = labels_to_polygons(labels, min_area_px=opts.min_area_px, simplify=opts.simplify)
+    polygons = labels_to_polygons(labels, min_area_px=opts.min_area_px, max_area_px=opts.max_area_px, simplify=opts.simplify)
     return labels, polygons
 
 

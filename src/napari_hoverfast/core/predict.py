@@ -64,6 +64,7 @@ class Predictor:
             precision = "fp16" if device.type == "cuda" else "fp32"
         if precision == "fp16" and device.type == "cpu":
             raise ValueError("fp16 inference needs a GPU; on the CPU use fp32 or bf16")
+        self.precision: str = precision  # resolved: what the cache key and the sidecar record
         self.dtype: torch.dtype | None = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

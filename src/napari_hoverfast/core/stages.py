@@ -1,0 +1,201 @@
+"""The stages of a run for one tile: read (pixels), predict (pixels → maps), post-process (maps → nuclei).
+
+``pipeline.py`` orders and overlaps them; between predict and post-process every tile's maps are a
+:class:`~napari_hoverfast.core.cache.TileMaps` over the tile's post-processing window, stored in the
+tile cache when there is one. Everything a post-processing worker needs is in a picklable
+:class:`TileWork`.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import shapely
+from scipy import ndimage
+
+from .cache import TileMaps
+from .duplicates import duplicates_of
+from .nuclei import Nuclei
+from .postprocess import PostprocessOptions, instance_labels, labels_to_polygons
+from .predict import Predictor, Stain, prepare
+from .tiling import Box, TileSpec
+
+
+@dataclass(frozen=True)
+class TileWork:
+    """One tile's post-processing: its window, its cell, the regions before it, the slide's bounds."""
+
+    spec: TileSpec
+    window: Box
+    scale: float
+    post: PostprocessOptions
+    exclude: tuple[Box, ...]
+    bounds: Box
+
+
+def predict_batch(predictor: Predictor, images: np.ndarray, specs: Sequence[TileSpec], windows: Sequence[Box]) -> list[TileMaps]:
+    """Prepared tiles → each tile's maps over its window, as stored (uint8 probability, float16 maps)."""
+    prob, hv = predictor(images)
+    out = []
+    for i, (spec, w) in enumerate(zip(specs, windows, strict=True)):
+        rows = slice(w.y - spec.input.y, w.y - spec.input.y + w.h)
+        cols = slice(w.x - spec.input.x, w.x - spec.input.x + w.w)
+        out.append(TileMaps.from_float(prob[i, rows, cols], hv[i, :, rows, cols]))
+    return out
+
+
+def postprocess_tile(maps: TileMaps, work: TileWork) -> tuple[list[Any], np.ndarray]:
+    """One tile's maps → its owned nuclei as level-0 polygons, with their mean nucleus probability.
+
+    A nucleus is kept when its centroid (working pixels, half-open) lies in the tile's owned cell
+    and in no earlier region of the same run.
+    """
+    prob, hv = maps.as_float()
+    post = work.post
+    labels = instance_labels(
+        prob, hv, marker_threshold=post.marker_threshold, min_marker_px=post.min_marker_px,
+        blur_sigma=post.blur_sigma, mask_threshold=post.mask_threshold,
+    )
+    pairs = labels_to_polygons(labels, min_area_px=post.min_area_px, max_area_px=post.max_area_px, simplify=post.simplify)
+    if not pairs:
+        return [], np.zeros(0, np.float32)
+    ids = np.array([label for label, _ in pairs])
+    # Ownership uses the label's pixel centroid: the same in both overlapping tiles when their
+    # predictions agree, and independent of polygon simplification.
+    centres = np.array(ndimage.center_of_mass(np.ones_like(labels, dtype=np.uint8), labels, ids), dtype=np.float64).reshape(-1, 2)
+    w = work.window
+    cy = centres[:, 0] + 0.5 + w.y
+    cx = centres[:, 1] + 0.5 + w.x
+    owned = work.spec.owned
+    keep = (cx >= owned.x) & (cx < owned.x + owned.w) & (cy >= owned.y) & (cy < owned.y + owned.h)
+    for box in work.exclude:
+        keep &= ~((cx >= box.x) & (cx < box.x + box.w) & (cy >= box.y) & (cy < box.y + box.h))
+    if not keep.any():
+        return [], np.zeros(0, np.float32)
+    means = np.asarray(ndimage.mean(prob, labels, ids[keep]), dtype=np.float32)
+    polygons = np.array([p for (_, p), k in zip(pairs, keep, strict=True) if k], dtype=object)
+    offset = np.array([w.x, w.y], dtype=np.float64)
+    polygons = shapely.transform(polygons, lambda xy: (xy + offset) / work.scale)
+    # The window stops at the slide's edge in working pixels; rounding to level 0 may overshoot.
+    b = work.bounds
+    frame = shapely.box(b.x, b.y, b.x + b.w, b.y + b.h)
+    outside = ~shapely.contains_properly(frame, polygons)
+    if outside.any():
+        polygons[outside] = [_largest_part(g) for g in shapely.intersection(polygons[outside], frame)]
+        good = np.array([p is not None for p in polygons])
+        polygons, means = polygons[good], means[good]
+    return list(polygons), means
+
+
+def _largest_part(geometry: Any) -> Any:
+    parts = [g for g in getattr(geometry, "geoms", [geometry]) if g.geom_type == "Polygon" and not g.is_empty]
+    return max(parts, key=lambda g: g.area) if parts else None
+
+
+def ignore_interrupts() -> None:
+    """Post-processing workers leave Ctrl-C to the run, which stops them (no worker tracebacks)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def neighbours(tiles: Sequence[TileSpec]) -> dict[int, list[int]]:
+    """For each tile, the other tiles whose cells its input reaches (where a seam copy can be)."""
+    out: dict[int, list[int]] = {t.index: [] for t in tiles}
+    if len(tiles) < 2:
+        return out
+
+    def boxes(attr: str) -> np.ndarray:
+        corners = np.array([[b.x, b.y, b.x + b.w, b.y + b.h] for b in (getattr(t, attr) for t in tiles)], float)
+        return shapely.box(*corners.T)
+
+    src, dst = shapely.STRtree(boxes("owned")).query(boxes("input"), predicate="intersects")
+    for i, j in zip(src, dst, strict=True):
+        if i != j:
+            out[tiles[i].index].append(tiles[j].index)
+    return out
+
+
+def drop_seam_copies(
+    nuclei: Nuclei, rows: dict[int, tuple[int, int]], near: list[int], polygons: list[Any], probability: np.ndarray
+) -> tuple[list[Any], np.ndarray]:
+    """A finished tile's nuclei without those a finished neighbour already holds (``duplicates.py``).
+
+    The copy of the tile that finished first is kept, so runs that finish tiles in the same order
+    (a resumed run does: cached tiles first, in plan order) keep the same copies.
+    """
+    done = [rows[i] for i in near if i in rows and rows[i][1] > rows[i][0]]
+    if not polygons or not done:
+        return polygons, probability
+    old = np.concatenate([nuclei.polygons[a:b] for a, b in done])
+    copy = duplicates_of(np.asarray(polygons, dtype=object), old)
+    if copy.any():
+        polygons = [p for p, c in zip(polygons, copy, strict=True) if not c]
+        probability = np.asarray(probability)[~copy]
+    return polygons, probability
+
+
+class Reader(threading.Thread):
+    """Reads and prepares batches of tiles ahead of the network, into a bounded queue."""
+
+    def __init__(self, slide: Any, batches: list[list[TileSpec]], scale: float, work_mpp: float, stain: Stain, depth: int) -> None:
+        super().__init__(name="hoverfast-reader", daemon=True)
+        self.slide = slide
+        self.batches = batches
+        self.scale = scale
+        self.work_mpp = work_mpp
+        self.stain = stain
+        self.out: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self.stop = threading.Event()
+        self.seconds = 0.0
+
+    def read_tile(self, spec: TileSpec) -> np.ndarray:
+        box = spec.input.scaled(1.0 / self.scale)
+        pixels = self.slide.read_region(box.x, box.y, box.w, box.h, mpp=self.work_mpp, pad=True)
+        if pixels.shape[:2] != (spec.input.h, spec.input.w):
+            from skimage.transform import resize
+
+            pixels = (resize(pixels, (spec.input.h, spec.input.w), order=1, preserve_range=True)).astype(np.uint8)
+        return pixels
+
+    def run(self) -> None:
+        try:
+            for batch in self.batches:
+                if self.stop.is_set():
+                    return
+                start = time.perf_counter()
+                images = prepare(np.stack([self.read_tile(spec) for spec in batch]), self.stain)
+                self.seconds += time.perf_counter() - start
+                while not self.stop.is_set():
+                    try:
+                        self.out.put((batch, images), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # handed to the consumer, which reports it
+            self.out.put(exc)
+        finally:
+            self.out.put(None)
+
+    def items(self) -> Generator[tuple[list[TileSpec], np.ndarray], None, None]:
+        while True:
+            item = self.out.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop reading and unblock the thread if it waits on a full queue."""
+        self.stop.set()
+        while True:
+            try:
+                self.out.get_nowait()
+            except queue.Empty:
+                break
