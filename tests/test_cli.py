@@ -93,3 +93,51 @@ def test_help_lists_the_options() -> None:
     proc = _cli("segment", "--help")
     for option in ("--model", "--roi", "--device", "--batch-size", "--stain", "--min-area", "--mpp"):
         assert option in proc.stdout
+
+
+def _wait_for_entries(cache: Path, n: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while len(list(cache.glob("??/*.npz"))) < n:
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        assert time.monotonic() < end, "no tile reached the cache in time"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not has_default_model(), reason="needs the embedded default model")
+def test_killed_or_interrupted_runs_resume_from_the_cache(tmp_path: Path, tile: Path) -> None:
+    """Killed: nothing is written, the tiles done are cached. Ctrl-C: the partial set is written,
+    exit 130, no traceback (post-processing worker processes included). The same command again
+    resumes and writes the complete set, replacing nothing it should not."""
+    import os
+    import signal
+
+    out, cache = tmp_path / "cells.geojson", tmp_path / "cache"
+    cmd = [sys.executable, "-m", "napari_hoverfast.cli", "segment", str(tile), "-o", str(out), "--mpp", "0.25",
+           "--roi", "0", "0", "896", "896", "--tile-size", "384", "--cache", str(cache), "--workers", "1", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_entries(cache, 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the run and its worker processes, as a closed terminal does
+    proc.communicate(timeout=60)
+    assert not out.exists() and not (tmp_path / "cells.partial.geojson").exists()
+    killed_at = len(list(cache.glob("??/*.npz")))
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_entries(cache, killed_at + 2, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    partial = tmp_path / "cells.partial.geojson"
+    assert partial.exists() and not out.exists() and str(partial) in stdout
+    side = json.loads((tmp_path / "cells.partial.run.json").read_text())
+    assert side["complete"] is False and side["interrupted"] is True and side["tiles_cached"] >= killed_at
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "from the cache" in done.stdout
+    side = json.loads((tmp_path / "cells.run.json").read_text())
+    assert side["complete"] is True and side["tiles_done"] == side["tiles_total"] == 16
+    assert side["mpp_source"] == "user" and not partial.exists()
+    assert len(read_geojson(out)) == side["nuclei"] > 100

@@ -30,7 +30,7 @@ def test_contributions():
     contributions = _manifest().contributions
     assert [w.display_name for w in contributions.widgets] == ["HoverFast nuclei"]
     [writer] = contributions.writers
-    assert writer.layer_types == ["shapes"] and set(writer.filename_extensions) == {".geojson", ".geojson.gz"}
+    assert writer.layer_types == ["shapes"] and set(writer.filename_extensions) == {".geojson", ".geojson.gz", ".json", ".json.gz"}
     assert {s.key for s in contributions.sample_data} == {"tcga_tile", "small_slide"}
     assert len(contributions.readers) == 2
 

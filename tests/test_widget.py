@@ -322,6 +322,14 @@ def test_whole_slide_threaded_nearest_first_responsive_and_cancelled(make_napari
     dist = [np.hypot(b[0] + b[2] / 2 - x, b[1] + b[3] / 2 - y) for b in meta["tiles_done_level0"]]
     assert dist == sorted(dist)
 
+    # Run again: it continues where it stopped (tiles done before come from the cache)
+    done_before, total = len(meta["tiles_done"]), meta["tiles_total"]
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    meta = layer.metadata
+    assert meta["cancelled"] is False and len(meta["tiles_done"]) == total
+    assert meta["tiles_cached"] >= done_before and "from the cache" in widget.status.value
+
 
 def test_closing_the_viewer_during_a_run(make_napari_viewer, checkpoint, qtbot, slide_cache):
     viewer = make_napari_viewer()

@@ -708,6 +708,7 @@ class HoverFastWidget(Container):
         summary = {
             "run": dict(result.parameters), "cancelled": result.cancelled, "error": result.error,
             "tiles_done": list(result.tiles_done), "tiles_done_level0": boxes, "tiles_total": len(result.tiles),
+            "tiles_cached": result.tiles_cached,
             "nuclei_found": len(result.nuclei), "nuclei_added": run.added, "duplicates_skipped": run.duplicates,
             "seconds": round(result.seconds, 3),
         }

@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--simplify", type=_non_negative_float, default=6.0, help="outline simplification, upstream's units (6; 0 keeps pixel outlines)")
     seg.add_argument("--cache", type=Path, default=None, metavar="DIR",
                      help="keep each tile's network output here: a rerun resumes, new thresholds re-use it (off)")
+    seg.add_argument("--tile-size", type=_positive_int, default=2048, metavar="PX", help="network input tile, px (2048)")
     seg.add_argument("--workers", type=int, default=None, help="post-processing processes (default: CPU count)")
 
     demo = sub.add_parser("demo", help="segment the bundled H&E tile with the embedded model (a first check)")

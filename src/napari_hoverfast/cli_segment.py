@@ -16,11 +16,11 @@ def build_job(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .core.job import SlideJob
     from .core.outputs import check_outputs
     from .core.pipeline import RunOptions
-    from .core.tiling import Box
+    from .core.tiling import Box, TilingOptions
 
     try:
         options = RunOptions(
-            batch_size=args.batch_size, stain=args.stain, min_area_um2=args.min_area, max_area_um2=args.max_area,
+            tiling=TilingOptions(tile=args.tile_size), batch_size=args.batch_size, stain=args.stain, min_area_um2=args.min_area, max_area_um2=args.max_area,
             simplify=args.simplify, mask_threshold=args.prob_threshold, marker_threshold=args.marker_threshold,
             workers=args.workers,
         )

@@ -137,10 +137,11 @@ class TileCache:
         if self._write_failed:
             return False
         path = self._path(key)
-        tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")
+        tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.part")  # never matches *.npz
         try:
             path.parent.mkdir(exist_ok=True)
-            np.savez_compressed(tmp, key=np.array(key), prob=maps.prob, hv=maps.hv)
+            with open(tmp, "xb") as handle:
+                np.savez_compressed(handle, key=np.array(key), prob=maps.prob, hv=maps.hv)
             os.replace(tmp, path)
         except OSError as exc:
             with contextlib.suppress(OSError):

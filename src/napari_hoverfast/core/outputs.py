@@ -126,6 +126,9 @@ def write_outputs(
         "files": [str(p) for p in target.files()[:-1]],
     }
     writers.append(lambda p: _write_json(p, record))
+    for final in files:  # found now, not half way through the renames
+        if final.is_dir():
+            raise OSError(f"Cannot write {final}: it is a folder")
     try:
         for write, tmp, final in zip(writers, temps, files, strict=True):
             try:

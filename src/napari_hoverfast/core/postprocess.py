@@ -288,6 +288,22 @@ def _centre_area(own: np.ndarray) -> float:
     return float(own.sum()) - boundary / 2.0 - 1.0
 
 
+def _centre_areas(labels: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """:func:`_centre_area` of every label at once (exact for labels in one piece).
+
+    A boundary pixel has a 4-neighbour of another label, or lies on the image's edge.
+    """
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:-1] |= labels[:-1] != labels[1:]
+    edge[1:] |= labels[1:] != labels[:-1]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[0] = edge[-1] = True
+    edge[:, 0] = edge[:, -1] = True
+    boundary = np.bincount(labels[edge & (labels > 0)].astype(np.intp, copy=False), minlength=len(areas))
+    return areas - boundary / 2.0 - 1.0
+
+
 def _outline(own: np.ndarray, row0: int, col0: int) -> np.ndarray | None:
     """Exterior ring (x, y) of a boolean crop whose top-left pixel is (row0, col0).
 
@@ -429,16 +445,19 @@ def labels_to_polygons(
 
     # Skip small labels before any per-label work: a noisy mask can hold tens of thousands.
     areas = np.bincount(labels.ravel().astype(np.intp, copy=False))
+    centre = _centre_areas(labels, areas) if min_area_px > 0 else None
     ids: list[int] = []
     rings: list[np.ndarray] = []
     for index, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None or (min_area_px > 0 and areas[index] <= min_area_px):
-            continue
-        if max_area_px is not None and areas[index] > max_area_px:
             continue  # the centre outline encloses fewer pixels than the label has
-        own = _largest_piece(labels[sl] == index)
-        if min_area_px > 0 and _centre_area(own) <= min_area_px:
+        if max_area_px is not None and areas[index] > max_area_px:
             continue
+        own = _largest_piece(labels[sl] == index)
+        if min_area_px > 0:
+            whole = centre is not None and own.sum() == areas[index]
+            if (centre[index] if whole else _centre_area(own)) <= min_area_px:  # type: ignore[index]
+                continue
         ring = _outline(own, sl[0].start, sl[1].start)
         if ring is None:
             continue
