@@ -141,3 +141,11 @@ def test_killed_or_interrupted_runs_resume_from_the_cache(tmp_path: Path, tile: 
     assert side["complete"] is True and side["tiles_done"] == side["tiles_total"] == 16
     assert side["mpp_source"] == "user" and not partial.exists()
     assert len(read_geojson(out)) == side["nuclei"] > 100
+
+
+def test_an_unusable_cache_folder_is_one_line(tmp_path: Path, tile: Path, ckpt: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    proc = _cli("segment", str(tile), "-o", str(tmp_path / "x.geojson"), "--model", str(ckpt), "--mpp", "0.25",
+                "--cache", str(tmp_path / "a-file" / "cache"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"napari-hoverfast: error: Cannot use cache folder {tmp_path / 'a-file' / 'cache'}: Not a directory"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -382,3 +383,29 @@ def test_export_with_nothing_to_export(make_napari_viewer, checkpoint, tmp_path)
     widget = make_widget(viewer, checkpoint)
     assert widget.export(tmp_path / "none.geojson") == []
     assert "Nothing to export" in widget.status.value
+
+
+def test_cache_on_by_default_rethreshold_and_clear(make_napari_viewer, checkpoint, tmp_path, monkeypatch):
+    """The widget keeps the network's output in the user cache folder: the same run again takes every
+    tile from there; Clear cache empties it; an unusable folder means a run without the cache."""
+    viewer = make_napari_viewer()
+    add_sample(viewer)
+    widget = make_widget(viewer, checkpoint)
+    assert widget.use_cache.value is True
+    run_on_rectangles(widget, viewer, (0, 0, 100, 100))
+    layer = widget.nuclei_layer(viewer.layers[0])
+    assert layer.metadata["tiles_cached"] == 0
+    widget.min_area.value = 8.0
+    widget.run()  # a re-threshold: same tiles, new minimum area
+    assert layer.metadata["tiles_cached"] == layer.metadata["tiles_total"] > 1
+    assert "from the cache" in widget.status.value
+    folder = Path(os.environ["NAPARI_HOVERFAST_TILE_CACHE"])
+    assert list(folder.glob("??/*.npz"))
+    assert widget.clear_cache() > 0 and not list(folder.glob("??/*.npz"))
+    assert "Cache cleared" in widget.status.value
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("NAPARI_HOVERFAST_TILE_CACHE", str(blocker / "tiles"))
+    other = make_widget(viewer, checkpoint)
+    assert other.tile_cache() is None  # warned, and runs without

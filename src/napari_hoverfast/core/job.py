@@ -25,6 +25,7 @@ from .cache import TileCache
 from .model import LoadedModel
 from .outputs import OutputSet, write_outputs
 from .pipeline import NucleusBatch, Progress, RunError, RunOptions, RunResult, segment_slide
+from .pipeline import run_to_end as drain  # noqa: F401 - drains a job generator too
 from .tiling import Box
 
 log = logging.getLogger(__name__)
@@ -146,12 +147,3 @@ def _scope(job: SlideJob, slide: Any) -> tuple[list[Box] | None, Any]:
         where = f"the mask {job.tissue_mask}" if job.tissue_mask else slide.name
         raise RunError(f"No tissue found on {where}: give regions (--roi) or a tissue mask (--tissue-mask)")
     return None, tissue
-
-
-def drain(generator: Generator[Progress | NucleusBatch, None, JobResult]) -> JobResult:
-    """Run a job generator to its end (scripts and cohort workers that need no progress)."""
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Generator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, astuple, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,6 +36,8 @@ from .tiling import Box, TileSpec, TilingOptions, order_by_distance, plan_tiles,
 from .tissue import TissueMask, tiles_on_tissue
 
 log = logging.getLogger(__name__)
+
+_Result = TypeVar("_Result")
 
 #: Upstream's reference resolution for 40× (µm per pixel).
 REFERENCE_MPP = 0.2425
@@ -408,8 +410,8 @@ def _batches(tiles: Sequence[TileSpec], size: int) -> list[list[TileSpec]]:
     return batches
 
 
-def run_to_end(generator: Generator[Progress | NucleusBatch, None, RunResult]) -> RunResult:
-    """Drain a run generator and return its result (for scripts that need no progress)."""
+def run_to_end(generator: Generator[Any, None, _Result]) -> _Result:
+    """Drain a run (or job) generator and return its result (for scripts that need no progress)."""
     while True:
         try:
             next(generator)
