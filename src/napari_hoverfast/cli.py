@@ -1,4 +1,4 @@
-"""Command line: ``napari-hoverfast segment`` and ``napari-hoverfast train``.
+"""Command line: ``napari-hoverfast segment``, ``cohort``, ``train`` and ``demo``.
 
 Heavy imports happen inside the commands so ``--help`` is instant. Every expected failure (bad file,
 bad option, missing model) exits non-zero with one line on stderr, never a traceback.
@@ -40,6 +40,27 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+positive_int = _positive_int
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options of a slide's run, shared by ``segment`` and ``cohort``."""
+    parser.add_argument("--model", type=Path, default=None, help="HoverFast checkpoint (.pth); default: the embedded model")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="tiles per forward pass")
+    parser.add_argument("--tile-size", type=_positive_int, default=2048, metavar="PX", help="network input tile, px (2048)")
+    parser.add_argument("--stain", choices=("he", "ihc_dab"), default="he", help="he, or ihc_dab (haematoxylin only)")
+    parser.add_argument("--mpp", type=_positive_float, default=None, help="µm per pixel when the file does not say")
+    parser.add_argument("--min-area", type=_non_negative_float, default=5.0, metavar="UM2", help="smallest nucleus, µm² (5)")
+    parser.add_argument("--max-area", type=_positive_float, default=None, metavar="UM2", help="largest nucleus, µm² (none)")
+    parser.add_argument("--prob-threshold", type=float, default=0.5, help="nucleus probability threshold (0.5)")
+    parser.add_argument("--marker-threshold", type=float, default=0.4, help="watershed marker threshold on the edge energy (0.4)")
+    parser.add_argument("--simplify", type=_non_negative_float, default=6.0,
+                        help="outline simplification, upstream's units (6; 0 keeps pixel outlines)")
+    parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                        help="keep each tile's network output here: a rerun resumes, new thresholds re-use it (off)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-hoverfast", description="HoverFast nuclei segmentation, headless.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -48,23 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser("segment", help="segment nuclei in a slide or image and write QuPath GeoJSON")
     seg.add_argument("input", type=Path, help="a slide tiffslide opens (SVS, NDPI, tiled TIFF…) or an RGB image")
     seg.add_argument("-o", "--output", type=Path, required=True, help="OUT.geojson or OUT.geojson.gz (.json, .json.gz)")
-    seg.add_argument("--model", type=Path, default=None, help="HoverFast checkpoint (.pth); default: the embedded model")
     seg.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="region in level-0 pixels")
-    seg.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    seg.add_argument("--batch-size", type=_positive_int, default=None, help="tiles per forward pass")
-    seg.add_argument("--stain", choices=("he", "ihc_dab"), default="he", help="he, or ihc_dab (haematoxylin only)")
-    seg.add_argument("--min-area", type=_non_negative_float, default=5.0, metavar="UM2", help="smallest nucleus, µm² (5)")
-    seg.add_argument("--mpp", type=_positive_float, default=None, help="µm per pixel when the file does not say")
     seg.add_argument("--tissue-mask", type=Path, default=None, help="binary tissue mask image (any scale) for whole-slide runs")
     seg.add_argument("--csv", type=Path, default=None, help="also write per-nucleus measurements as CSV")
-    seg.add_argument("--max-area", type=_positive_float, default=None, metavar="UM2", help="largest nucleus, µm² (none)")
-    seg.add_argument("--prob-threshold", type=float, default=0.5, help="nucleus probability threshold (0.5)")
-    seg.add_argument("--marker-threshold", type=float, default=0.4, help="watershed marker threshold on the edge energy (0.4)")
-    seg.add_argument("--simplify", type=_non_negative_float, default=6.0, help="outline simplification, upstream's units (6; 0 keeps pixel outlines)")
-    seg.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                     help="keep each tile's network output here: a rerun resumes, new thresholds re-use it (off)")
-    seg.add_argument("--tile-size", type=_positive_int, default=2048, metavar="PX", help="network input tile, px (2048)")
     seg.add_argument("--workers", type=int, default=None, help="post-processing processes (default: CPU count)")
+    add_run_options(seg)
+
+    from .cli_cohort import add_parser as add_cohort
+
+    add_cohort(sub, sys.modules[__name__])
 
     demo = sub.add_parser("demo", help="segment the bundled H&E tile with the embedded model (a first check)")
     demo.add_argument("-o", "--output", type=Path, default=Path("hoverfast_demo.geojson"), help="where to write the nuclei")
@@ -164,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_train(args)
         if args.command == "demo":
             return _run_demo(args)
+        if args.command == "cohort":
+            from .cli_cohort import run_cohort_command
+
+            return run_cohort_command(args)
         from .cli_segment import run_segment
 
         return run_segment(args)

@@ -11,19 +11,29 @@ from .cli import CliError
 INTERRUPTED = 130
 
 
+def run_options(args: argparse.Namespace, *, workers: int | None = None):  # type: ignore[no-untyped-def]
+    """The run options the command line gives (shared by ``segment`` and ``cohort``)."""
+    from .core.pipeline import RunOptions
+    from .core.tiling import TilingOptions
+
+    try:
+        return RunOptions(
+            tiling=TilingOptions(tile=args.tile_size), batch_size=args.batch_size, stain=args.stain,
+            min_area_um2=args.min_area, max_area_um2=args.max_area, simplify=args.simplify,
+            mask_threshold=args.prob_threshold, marker_threshold=args.marker_threshold, workers=workers,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 def build_job(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The job the command line describes; options are checked here, before any work."""
     from .core.job import SlideJob
     from .core.outputs import check_outputs
-    from .core.pipeline import RunOptions
-    from .core.tiling import Box, TilingOptions
+    from .core.tiling import Box
 
+    options = run_options(args, workers=args.workers)
     try:
-        options = RunOptions(
-            tiling=TilingOptions(tile=args.tile_size), batch_size=args.batch_size, stain=args.stain, min_area_um2=args.min_area, max_area_um2=args.max_area,
-            simplify=args.simplify, mask_threshold=args.prob_threshold, marker_threshold=args.marker_threshold,
-            workers=args.workers,
-        )
         job = SlideJob(
             slide=str(args.input), mpp=args.mpp, regions=(Box(*args.roi),) if args.roi else None,
             tissue_mask=str(args.tissue_mask) if args.tissue_mask else None, model=str(args.model) if args.model else None,

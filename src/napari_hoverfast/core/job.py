@@ -13,10 +13,11 @@ one set. The rules, once:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,17 @@ class SlideJob:
             raise RunError("regions is empty: give at least one box, or None for the whole slide")
         if self.csv is not None and self.output is None:
             raise RunError("a CSV output needs a GeoJSON output beside it")
+
+    def signature(self) -> dict[str, Any]:
+        """What decides the nuclei (not where they go, nor how fast): a rerun with an equal
+        signature and the same model hash may skip this slide. JSON-ready."""
+        options = {k: v for k, v in asdict(self.options).items() if k not in ("workers", "read_ahead", "batch_size")}
+        data = {
+            "slide": str(Path(self.slide).resolve()), "mpp": self.mpp, "tissue_mask": self.tissue_mask,
+            "regions": [astuple(r) for r in self.regions] if self.regions else None, "device": self.device,
+            "options": options,
+        }
+        return json.loads(json.dumps(data, default=str))
 
     @property
     def outputs(self) -> OutputSet | None:
@@ -129,6 +141,7 @@ def run_slide_job(
             **result.parameters, "tiles_done": len(result.tiles_done), "tiles_total": len(result.tiles),
             "tiles_cached": result.tiles_cached, "error": result.error, "cancelled": result.cancelled,
             "interrupted": result.interrupted, "mpp_source": mpp_source, "seconds": round(result.seconds, 3),
+            "job": job.signature(),
         }
         written = write_outputs(result.nuclei, outputs, complete=result.complete, sidecar=sidecar)
     return JobResult(run=result, written=written, mpp_source=mpp_source)
