@@ -137,3 +137,30 @@ def test_cohort_command_writes_the_table_and_reruns_skip(slides, shared_dir, tmp
     assert len(table) == 3
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert "1 skipped" in again.stdout.strip().splitlines()[-1]
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_from_the_cache(slides, shared_dir, tmp_path) -> None:
+    """Ctrl-C in the terminal (SIGINT to the whole process group): exit 130, no traceback, running
+    slides keep their partial sets, none half-written; the same command again finishes from the cache."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    cmd = [sys.executable, "-m", "napari_hoverfast.cli", "cohort", str(slides["big"]), str(slides["a"]), "-o", str(out),
+           "--model", str(shared_dir / "reference" / "ckpt_A.pth"), "--device", "cpu", "--workers", "1",
+           "--tile-size", "384", "--cache", str(cache)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list(cache.glob("*/??/*.npz")) + list(cache.glob("??/*.npz"))) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, "the cohort ended before it could be stopped"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "1 partial" in stdout and "1 not started" in stdout
+    assert (out / "big.partial.geojson.gz").exists() and not (out / "big.geojson.gz").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "2 done" in done.stdout
+    side = read_sidecar(out / "big.run.json")
+    assert side["complete"] is True and side["tiles_cached"] >= 3 and not (out / "big.partial.geojson.gz").exists()

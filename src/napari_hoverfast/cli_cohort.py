@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 import time
@@ -71,7 +72,14 @@ def run_cohort_command(args: argparse.Namespace) -> int:
         threads = None
     else:
         n, threads = _cluster_size(args.workers)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+        # Worker processes started while SIGINT is ignored keep ignoring it: a Ctrl-C in the terminal
+        # (sent to the whole process group) then reaches this process only, which stops the slides
+        # cleanly instead of workers dying mid-write.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+        finally:
+            signal.signal(signal.SIGINT, previous)
         client = Client(cluster)
     print(f"dask: {len(client.scheduler_info()['workers'])} worker(s); dashboard {client.dashboard_link}", file=sys.stderr)
     outcomes: list[SlideOutcome] = []
@@ -102,9 +110,12 @@ def run_cohort_command(args: argparse.Namespace) -> int:
         client.close()
         if cluster is not None:
             cluster.close()
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "partial", "failed")}
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "partial", "failed", "not started")}
+    stopped = f", {counts['not started']} not started" if counts["not started"] else ""
     print(f"{len(jobs)} slides: {counts['done']} done, {counts['skipped']} skipped, {counts['partial']} partial, "
-          f"{counts['failed']} failed in {time.perf_counter() - started:.1f} s; table {table}")
-    if interrupted:
+          f"{counts['failed']} failed{stopped} in {time.perf_counter() - started:.1f} s; table {table}")
+    if interrupted or cancel.is_set():
+        print("napari-hoverfast: interrupted: finished slides are kept, running ones wrote their partial results",
+              file=sys.stderr)
         return 130
     return 1 if counts["failed"] else 0
