@@ -15,7 +15,8 @@ import shapely
 from napari_hoverfast.core.default_model import has_default_model, load_model
 from napari_hoverfast.core.model import ModelConfig
 from napari_hoverfast.core.pipeline import RunOptions, run_to_end, segment_slide
-from napari_hoverfast.core.postprocess import PostprocessOptions, _centre_area
+from napari_hoverfast.core.polygons import _centre_area
+from napari_hoverfast.core.postprocess import PostprocessOptions
 from napari_hoverfast.core.slide import Slide
 from napari_hoverfast.core.tiling import Box, TileSpec, TilingOptions, plan_tiles, post_window
 

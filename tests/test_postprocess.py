@@ -348,7 +348,7 @@ def test_sparse_huge_label_ids_keep_their_ids():
 
 
 def test_repair_returns_a_valid_polygon_or_nothing():
-    from napari_hoverfast.core.postprocess import _repair
+    from napari_hoverfast.core.polygons import _repair
 
     bowtie = shapely.Polygon([(0, 0), (4, 4), (4, 0), (0, 4)])  # self-intersecting
     fixed = _repair(bowtie, 1)

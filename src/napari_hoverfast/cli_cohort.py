@@ -89,7 +89,11 @@ def run_cohort_command(args: argparse.Namespace) -> int:
     interrupted = False
     try:
         with tqdm(total=len(jobs), unit="slide", dynamic_ncols=True, file=sys.stderr) as bar:
-            run = run_cohort(jobs, client, skip_done=not args.force, threads=threads, cancel=cancel)
+            def tiles(done: int, total: int) -> None:
+                if total:
+                    bar.set_postfix_str(f"running slides: {done}/{total} tiles", refresh=True)
+
+            run = run_cohort(jobs, client, skip_done=not args.force, threads=threads, cancel=cancel, on_progress=tiles)
             while True:
                 try:
                     outcome = next(run)
@@ -105,7 +109,6 @@ def run_cohort_command(args: argparse.Namespace) -> int:
                 outcomes.append(outcome)
                 write_table(table, outcomes)
                 bar.update(1)
-                bar.set_postfix(failed=sum(o.status == "failed" for o in outcomes))
     finally:
         client.close()
         if cluster is not None:

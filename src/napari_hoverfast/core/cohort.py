@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -155,11 +155,13 @@ def already_done(job: SlideJob, sha256: str) -> bool:
                 and side.get("job") == job.signature() and outputs.geojson.exists())
 
 
-def run_one(job: SlideJob, cancel_name: str | None = None, threads: int | None = None) -> SlideOutcome:
+def run_one(job: SlideJob, cancel_name: str | None = None, threads: int | None = None,
+            progress_name: str | None = None) -> SlideOutcome:
     """Run one slide on this (worker) process; every failure becomes a failed outcome, never a raise.
 
     ``cancel_name`` names a dask ``Event`` that stops the slide between batches (its partial set is
-    written, as ``segment`` does on Ctrl-C); ``threads`` caps torch's threads for this process.
+    written, as ``segment`` does on Ctrl-C); ``threads`` caps torch's threads for this process;
+    ``progress_name`` a dask event topic that gets the slide's tiles done and in all, about once a second.
     """
     if threads:
         import torch
@@ -172,7 +174,8 @@ def run_one(job: SlideJob, cancel_name: str | None = None, threads: int | None =
     stop_polling = _watch_cancel(cancel_name, cancel) if cancel_name else None
     try:
         model = cached_model(job.model, job.device)
-        done = run_to_end(run_slide_job(job, model=model, cancel=cancel))
+        run = run_slide_job(job, model=model, cancel=cancel)
+        done = run_to_end(_reporting(run, progress_name) if progress_name else run)
     except Exception as exc:  # one slide's failure never stops the cohort
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return SlideOutcome(job.slide, "failed", seconds=time.perf_counter() - started, error=message)
@@ -185,6 +188,30 @@ def run_one(job: SlideJob, cancel_name: str | None = None, threads: int | None =
         job.slide, status, nuclei=len(run.nuclei), tiles=len(run.tiles_done), seconds=time.perf_counter() - started,
         error=run.error or "", output=str(done.written[0]) if done.written else "",
     )
+
+
+def _reporting(run: Any, topic: str) -> Any:
+    """Pass a run's events through, logging its tile progress as dask events of ``topic``."""
+    from distributed import get_worker
+
+    from .pipeline import Progress
+
+    try:
+        worker = get_worker()
+        key = str(worker.get_current_task())
+    except (ValueError, AttributeError):  # not on a dask worker: nothing to report to
+        return (yield from run)
+    last = 0.0
+    while True:
+        try:
+            event = next(run)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(event, Progress) and (time.monotonic() - last > 1.0 or event.tiles_done == event.tiles_total):
+            last = time.monotonic()
+            with contextlib.suppress(Exception):
+                worker.log_event(topic, {"key": key, "done": event.tiles_done, "total": event.tiles_total})
+        yield event
 
 
 def _is_set(name: str) -> bool:
@@ -217,15 +244,17 @@ def _watch_cancel(name: str, cancel: threading.Event) -> threading.Event:
     return stop
 
 
-def run_cohort(jobs: Sequence[SlideJob], client: Any, *, skip_done: bool = True,
-               threads: int | None = None, cancel: threading.Event | None = None) -> Iterator[SlideOutcome]:
+def run_cohort(jobs: Sequence[SlideJob], client: Any, *, skip_done: bool = True, threads: int | None = None,
+               cancel: threading.Event | None = None,
+               on_progress: Callable[[int, int], None] | None = None) -> Iterator[SlideOutcome]:
     """Submit every job to ``client`` (a ``distributed.Client``) as one task, now; return an iterator of
     outcomes as slides finish.
 
     Done slides (see :func:`already_done`) come first, as skipped. Setting ``cancel`` (or Ctrl-C
     while the iterator waits) stops the running slides between batches (they write their partial
     sets, status "partial") and those not started yet return at once ("not started"): keep
-    iterating to collect them.
+    iterating to collect them. ``on_progress(tiles done, tiles in all)`` is called from a thread about
+    every two seconds with the totals of the slides running then.
     """
     from distributed import Event
 
@@ -241,7 +270,9 @@ def run_cohort(jobs: Sequence[SlideJob], client: Any, *, skip_done: bool = True,
                                         tiles=int(side.get("tiles_done", 0)), seconds=float(side.get("seconds", 0.0)),
                                         output=str(job.output)))
             continue
-        future = client.submit(run_one, job, cancel_name, threads, pure=False, key=f"slide-{uuid.uuid4().hex[:12]}")
+        key = f"slide-{uuid.uuid4().hex[:12]}"
+        future = client.submit(run_one, job, cancel_name, threads, f"{cancel_name}-progress" if on_progress else None,
+                               pure=False, key=key)
         futures.append(future)
         slide_of[future.key] = job.slide
 
@@ -251,7 +282,23 @@ def run_cohort(jobs: Sequence[SlideJob], client: Any, *, skip_done: bool = True,
             Event(cancel_name, client=client).set()
 
     threading.Thread(target=relay, name="hoverfast-cohort-cancel", daemon=True).start()
+    if on_progress is not None:
+        threading.Thread(target=_poll_progress, args=(client, futures, cancel_name, on_progress),
+                         name="hoverfast-cohort-progress", daemon=True).start()
     return _outcomes(skipped, futures, slide_of, cancel)
+
+
+def _poll_progress(client: Any, futures: list[Any], prefix: str, on_progress: Callable[[int, int], None]) -> None:
+    """Sum the tile progress of the slides running now and hand it to ``on_progress``, until all are done."""
+    latest: dict[str, tuple[int, int]] = {}
+    while not all(f.done() for f in futures):
+        with contextlib.suppress(Exception):
+            for _, message in client.get_events(f"{prefix}-progress"):
+                latest[message["key"]] = (message["done"], message["total"])
+            running = {f.key for f in futures if not f.done()}
+            now = [v for k, v in latest.items() if k in running]
+            on_progress(sum(d for d, _ in now), sum(t for _, t in now))
+        time.sleep(2.0)
 
 
 def _outcomes(skipped: list[SlideOutcome], futures: list[Any], slide_of: dict[str, str],
