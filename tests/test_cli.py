@@ -149,3 +149,32 @@ def test_an_unusable_cache_folder_is_one_line(tmp_path: Path, tile: Path, ckpt: 
                 "--cache", str(tmp_path / "a-file" / "cache"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"napari-hoverfast: error: Cannot use cache folder {tmp_path / 'a-file' / 'cache'}: Not a directory"]
+
+
+@pytest.mark.skipif(not has_default_model(), reason="needs the embedded default model")
+def test_sigterm_writes_the_partial_set_and_exits_143(tmp_path: Path, tile: Path) -> None:
+    import signal
+
+    out, cache = tmp_path / "cells.geojson", tmp_path / "cache"
+    cmd = [sys.executable, "-m", "napari_hoverfast.cli", "segment", str(tile), "-o", str(out), "--mpp", "0.25",
+           "--roi", "0", "0", "896", "896", "--tile-size", "384", "--cache", str(cache), "--workers", "0", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_entries(cache, 2, proc)
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in stderr
+    assert (tmp_path / "cells.partial.geojson").exists() and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--mpp", "100"], "not a microscope pixel size"),
+        (["--mpp", "0.0001"], "not a microscope pixel size"),
+        (["--mpp", "0.25", "--roi", "0", "0", "10", "10", "--tissue-mask", "m.png"], "tissue mask applies to whole-slide runs"),
+    ],
+)
+def test_implausible_or_conflicting_options_are_one_line(tmp_path: Path, tile: Path, ckpt: Path, extra, message) -> None:
+    proc = _cli("segment", str(tile), "-o", str(tmp_path / "x.geojson"), "--model", str(ckpt), *extra)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr

@@ -159,3 +159,50 @@ def test_a_cancelled_job_writes_its_partial_set_beside_the_complete_one(tmp_path
     side = read_sidecar(tmp_path / "cells.partial.run.json")
     assert side["complete"] is False and side["cancelled"] is True
     assert side["tiles_done"] < side["tiles_total"] and side["mpp_source"] == "user"
+
+
+def test_a_script_without_a_main_guard_still_gets_its_result(tmp_path: Path, shared_dir: Path) -> None:
+    """Post-processing workers are spawned processes that import the calling script again. Without
+    `if __name__ == "__main__":` the run must neither start twice nor race its own files: the
+    workers refuse, and the run post-processes in its own process, with a warning."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "cells.geojson"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from napari_hoverfast.core.job import SlideJob, drain, run_slide_job\n"
+        "from napari_hoverfast.core.pipeline import RunOptions\n"
+        "from napari_hoverfast.core.tiling import Box, TilingOptions\n"
+        f"job = SlideJob(slide={str(shared_dir / 'data' / 'tcga_tile.png')!r}, mpp=0.25, regions=(Box(0, 0, 600, 600),),\n"
+        f"               model={str(shared_dir / 'reference' / 'ckpt_A.pth')!r}, device='cpu',\n"
+        f"               options=RunOptions(tiling=TilingOptions(tile=384), workers=1), output={str(out)!r})\n"
+        "done = drain(run_slide_job(job))\n"
+        "print('nuclei', len(done.run.nuclei), done.complete)\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("nuclei") == 1 and proc.stdout.strip().endswith("True")
+    assert "__main__" in proc.stderr  # the warning says what to add
+    side = read_sidecar(tmp_path / "cells.run.json")
+    assert side["complete"] is True and side["nuclei"] == int(proc.stdout.split()[1])
+    assert not (tmp_path / "cells.partial.geojson").exists()
+
+
+def test_pixel_sizes_and_regions_are_checked(shared_dir: Path, model) -> None:
+    import numpy as np
+
+    from napari_hoverfast.core.pipeline import segment_slide
+    from napari_hoverfast.core.slide import Slide, SlideError
+
+    tile = shared_dir / "data" / "tcga_tile.png"
+    with Slide(tile, mpp=np.float32(0.25)) as slide:
+        assert slide.mpp == pytest.approx(0.25)
+        with pytest.raises(RunError, match="regions is empty"):
+            next(segment_slide(slide, model, []))
+    for bad in (True, 100.0, 0.0001, float("nan"), "0.25"):
+        with pytest.raises(SlideError, match="mpp"):
+            Slide(tile, mpp=bad)
+    with pytest.raises(RunError, match="tissue mask applies to whole-slide runs"):
+        SlideJob(slide=str(tile), regions=(Box(0, 0, 10, 10),), tissue_mask="m.png")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -168,9 +169,27 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_segment(seg)
 
 
+#: Set by SIGTERM, which is handled like Ctrl-C (partial results written) but exits 143.
+TERMINATED = threading.Event()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    TERMINATED.set()
+    raise KeyboardInterrupt
+
+
+def interrupted_status() -> int:
+    """Exit status of a run stopped by a signal: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 143 if TERMINATED.is_set() else 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "train":
@@ -186,11 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_segment(args)
     except KeyboardInterrupt:
         print("napari-hoverfast: interrupted", file=sys.stderr)
-        return 130
+        return interrupted_status()
     except (CliError, ValueError, OSError) as exc:  # CacheError and RunError included
         print(f"napari-hoverfast: error: {exc}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m napari_hoverfast.cli`: run the package's module, not this __main__ copy, so that the
+    # sub-commands (which import napari_hoverfast.cli) share its state (SIGTERM flag, error classes).
+    from napari_hoverfast.cli import main as _main
+
+    sys.exit(_main())

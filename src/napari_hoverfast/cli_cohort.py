@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import CliError
+from .cli import CliError, interrupted_status
 
 
 def add_parser(sub: Any, common: Any) -> None:
@@ -120,5 +120,5 @@ def run_cohort_command(args: argparse.Namespace) -> int:
     if interrupted or cancel.is_set():
         print("napari-hoverfast: interrupted: finished slides are kept, running ones wrote their partial results",
               file=sys.stderr)
-        return 130
+        return interrupted_status()
     return 1 if counts["failed"] else 0

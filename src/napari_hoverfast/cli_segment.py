@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import CliError
-
-#: Exit status of a run stopped by Ctrl-C (128 + SIGINT), after its partial result is written.
-INTERRUPTED = 130
+from .cli import CliError, interrupted_status
 
 
 def run_options(args: argparse.Namespace, *, workers: int | None = None):  # type: ignore[no-untyped-def]
@@ -81,7 +78,7 @@ def run_segment(args: argparse.Namespace) -> int:
     print(summary)
     if result.interrupted:
         print("napari-hoverfast: interrupted: the nuclei found so far were written as the partial result above", file=sys.stderr)
-        return INTERRUPTED
+        return interrupted_status()
     if result.error:
         raise CliError(f"run stopped early ({result.error}); the nuclei found so far were written as the partial result")
     if result.cancelled:

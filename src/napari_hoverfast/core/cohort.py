@@ -231,9 +231,9 @@ def _watch_cancel(name: str, cancel: threading.Event) -> threading.Event:
         from distributed import Event
 
         event = Event(name)
-        while not stop.is_set():
+        while not stop.wait(CANCEL_POLL):  # is_set, not wait: no request left pending at shutdown
             try:
-                if event.wait(CANCEL_POLL):
+                if event.is_set():
                     cancel.set()
                     return
             except Exception:  # scheduler gone: nobody waits for this slide any more

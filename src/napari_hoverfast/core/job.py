@@ -62,6 +62,8 @@ class SlideJob:
             raise RunError("regions is empty: give at least one box, or None for the whole slide")
         if self.csv is not None and self.output is None:
             raise RunError("a CSV output needs a GeoJSON output beside it")
+        if self.regions is not None and self.tissue_mask is not None:
+            raise RunError("a tissue mask applies to whole-slide runs; with regions (--roi) it would be ignored: give one or the other")
 
     def signature(self) -> dict[str, Any]:
         """What decides the nuclei (not where they go, nor how fast): a rerun with an equal

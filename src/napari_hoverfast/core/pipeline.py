@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Generator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, astuple, dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -251,6 +252,13 @@ def segment_slide(
     geometry, resolution, stain and precision) are not predicted again, and every tile predicted is
     stored as soon as it is done, so a later run resumes or re-thresholds from there.
     """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A post-processing worker is importing a script without a __main__ guard, which called us:
+        # running here would start a second run (and race the first one's files). Fail the worker;
+        # the parent then post-processes in its own process.
+        raise RunError('napari-hoverfast called while a worker process starts: guard the script with `if __name__ == "__main__":`')
+    if regions is not None and not len(regions):
+        raise RunError("regions is empty: give at least one box, or None for the whole slide")
     options = options or RunOptions()
     options = replace(options, tiling=options.tiling.resolved(model.config.padding_reach))
     geometry = slide_geometry(slide)
@@ -295,23 +303,38 @@ def segment_slide(
     elif workers > 0:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoverfast-cache") if cache is not None else None
-    pending: deque[tuple[TileSpec, Future[Any] | tuple[list[Any], np.ndarray]]] = deque()
+    pending: deque[tuple[TileSpec, Future[Any] | tuple[list[Any], np.ndarray], TileMaps]] = deque()
     timings = {"read": 0.0, "forward": 0.0, "postprocess": 0.0, "cache_read": 0.0}
     near = neighbours(tiles)
     rows: dict[int, tuple[int, int]] = {}  # tile -> its nuclei's rows in the container
     started = time.perf_counter()
     reader: Reader | None = None
 
-    def submit(spec: TileSpec, maps: TileMaps) -> None:
-        if pool is not None:
-            pending.append((spec, pool.submit(postprocess_tile, maps, works[spec.index])))
-        else:
-            t1 = time.perf_counter()
-            pending.append((spec, postprocess_tile(maps, works[spec.index])))
-            timings["postprocess"] += time.perf_counter() - t1
+    broken: list[bool] = []  # the process pool could not run (workers failed to start)
 
-    def finish(spec: TileSpec, outcome: Any) -> Generator[Progress | NucleusBatch, None, None]:
-        polygons, probability = outcome.result() if isinstance(outcome, Future) else outcome
+    def in_process(spec: TileSpec, maps: TileMaps) -> tuple[list[Any], np.ndarray]:
+        t1 = time.perf_counter()
+        out = postprocess_tile(maps, works[spec.index])
+        timings["postprocess"] += time.perf_counter() - t1
+        return out
+
+    def submit(spec: TileSpec, maps: TileMaps) -> None:
+        if pool is not None and not broken:
+            pending.append((spec, pool.submit(postprocess_tile, maps, works[spec.index]), maps))
+        else:
+            pending.append((spec, in_process(spec, maps), maps))
+
+    def finish(spec: TileSpec, outcome: Any, maps: TileMaps) -> Generator[Progress | NucleusBatch, None, None]:
+        try:
+            polygons, probability = outcome.result() if isinstance(outcome, Future) else outcome
+        except BrokenProcessPool:
+            if not broken:
+                broken.append(True)
+                log.warning(
+                    "Post-processing worker processes could not run (a script calling napari-hoverfast needs "
+                    "`if __name__ == \"__main__\":`); post-processing in this process instead"
+                )
+            polygons, probability = in_process(spec, maps)
         polygons, probability = drop_seam_copies(nuclei, rows, near[spec.index], polygons, probability)
         start = len(nuclei)
         batch = nuclei.append(polygons, probability, spec.index)

@@ -103,6 +103,24 @@ def _to_rgb(arr: np.ndarray) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(arr[:, :, :3])
 
 
+def check_mpp(mpp: Any) -> float | None:
+    """A pixel size the user gave, as a float, or a :class:`SlideError` saying why it cannot be one.
+
+    The same plausible range applies as to file metadata: ``--mpp 100`` would plan thousands of tiles
+    for a small region, ``--mpp 0.0001`` allocate hundreds of GiB. numpy scalars are accepted,
+    booleans are not.
+    """
+    if mpp is None:
+        return None
+    if isinstance(mpp, bool) or not isinstance(mpp, (int, float, np.integer, np.floating)):
+        raise SlideError(f"mpp must be a number of µm per pixel, got {mpp!r}")
+    value = float(mpp)
+    lo, hi = _PLAUSIBLE_MPP
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise SlideError(f"mpp {mpp!r} µm per pixel is not a microscope pixel size (expected {lo} to {hi})")
+    return value
+
+
 def _plausible_mpp(value: Any, source: str, name: str) -> float | None:
     try:
         mpp = float(value)
@@ -368,10 +386,7 @@ class Slide:
         self._vendor = "image"
         self._objective: float | None = None
         file_mpp: float | None = None
-        if mpp is not None and not (
-            isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0
-        ):
-            raise SlideError(f"mpp must be a positive number of µm per pixel, got {mpp!r}")
+        mpp = check_mpp(mpp)
 
         head = self._check_file()
         if head[:4] in _TIFF_MAGIC:
