@@ -105,7 +105,7 @@ def test_explicit_mpp_overrides_metadata(lossless):
     with Slide(lossless, mpp=0.5) as slide:
         assert slide.mpp == 0.5
         assert slide.read_region(0, 0, 100, 100, mpp=0.25).shape == (200, 200, 3)
-    with pytest.raises(SlideError, match="positive"):
+    with pytest.raises(SlideError, match="not a microscope pixel size"):
         Slide(lossless, mpp=-1)
 
 

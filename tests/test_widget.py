@@ -58,8 +58,9 @@ def add_sample(viewer, sample=sample_tile):
 
 
 def make_widget(viewer, checkpoint, *, synchronous=True) -> HoverFastWidget:
-    widget = HoverFastWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="HoverFast nuclei")
+    """The widget as users open it: Plugins › HoverFast nuclei (napari hands it proxies of the viewer)."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-hoverfast", "HoverFast nuclei")
+    assert isinstance(widget, HoverFastWidget)
     widget.synchronous = synchronous
     widget.postprocess_workers = 0
     widget.tile_size.value = 256
@@ -407,5 +408,44 @@ def test_cache_on_by_default_rethreshold_and_clear(make_napari_viewer, checkpoin
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("NAPARI_HOVERFAST_TILE_CACHE", str(blocker / "tiles"))
-    other = make_widget(viewer, checkpoint)
+    other = make_widget(make_napari_viewer(), checkpoint)  # a new viewer: a new widget
     assert other.tile_cache() is None  # warned, and runs without
+
+
+def test_from_the_plugin_menu_layer_export_and_save_hold_the_same_nuclei(make_napari_viewer, tmp_path):
+    """Two overlapping regions, the current view twice, then export and File › Save Selected Layers:
+    the layer, the export and the saved file hold the same nuclei, with no duplicates."""
+    from napari_hoverfast.core.default_model import default_model_path
+
+    viewer = make_napari_viewer()
+    image = add_sample(viewer)
+    widget = make_widget(viewer, default_model_path())
+    run_on_rectangles(widget, viewer, (0, 0, 100, 100))
+    run_on_rectangles(widget, viewer, (50, 50, 150, 150))
+    viewer.camera.center = (128.0, 128.0)
+    viewer.camera.zoom = 3.0
+    widget.scope.value = SCOPE_VIEW
+    widget.run()
+    widget.run()  # the same view again adds nothing
+    layer = widget.nuclei_layer(image)
+    nuclei = [o.geometry for o in read_geojson(widget.export(tmp_path / "cells.geojson")[0])]
+    viewer.layers.selection = {layer}
+    viewer.layers.save(str(tmp_path / "saved.geojson"), selected=True, plugin="napari-hoverfast")
+    saved = [o.geometry for o in read_geojson(tmp_path / "saved.geojson")]
+    assert layer.nshapes == len(nuclei) == len(saved) > 20
+    polygons = np.asarray(nuclei, dtype=object)
+    tree = shapely.STRtree(polygons)
+    i, j = tree.query(polygons, predicate="intersects")
+    keep = i < j
+    inter = shapely.area(shapely.intersection(polygons[i[keep]], polygons[j[keep]]))
+    union = shapely.area(shapely.union(polygons[i[keep]], polygons[j[keep]]))
+    assert not (inter / union > 0.5).any(), "a nucleus is in the export twice"
+    assert len([ly for ly in viewer.layers if ly.metadata.get("hoverfast")]) == 1
+
+
+def test_after_a_run_the_users_active_layer_stays_active(make_napari_viewer, checkpoint):
+    viewer = make_napari_viewer()
+    add_sample(viewer)
+    widget = make_widget(viewer, checkpoint)
+    regions = run_on_rectangles(widget, viewer, (0, 0, 60, 60))
+    assert viewer.layers.selection.active.name == regions.name  # the next rectangle goes to the regions

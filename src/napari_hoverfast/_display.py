@@ -31,7 +31,7 @@ import shapely
 from napari.layers import Image, Shapes
 from napari.utils.colormaps import Colormap, ensure_colormap
 
-from ._layers import polygons_from_shapes_data, shapes_data_from_polygons
+from ._layers import has_layer, layer_token, polygons_from_shapes_data, shapes_data_from_polygons
 from .core.nuclei import AREA_PX, AREA_UM2, PERIMETER_UM, PROBABILITY, TILE, Nuclei
 
 #: "Colour by" choice for one colour.
@@ -116,7 +116,7 @@ class NucleiDisplay:
         self.window = tuple(window) if window is not None else None  # type: ignore[assignment]
         self.feature = metadata.get("color_by", NO_COLOR)
         self.overview = next(
-            (im for im in self.viewer.layers if isinstance(im, Image) and im.metadata.get(OVERVIEW_KEY) == id(self.layer)),
+            (im for im in self.viewer.layers if isinstance(im, Image) and im.metadata.get(OVERVIEW_KEY) == layer_token(self.layer)),
             None,
         )
         if self.overview is not None:
@@ -244,7 +244,7 @@ class NucleiDisplay:
 
     def _ensure_overview(self) -> None:
         """Make the overview layer (once, or again if the user deleted it) and paint every nucleus."""
-        if self.overview is not None and self.overview in self.viewer.layers:
+        if self.overview is not None and has_layer(self.viewer.layers, self.overview):
             return
         w, h = self.slide_size
         f = self._factor
@@ -262,7 +262,7 @@ class NucleiDisplay:
         self.overview = self.viewer.add_image(
             self._raster, name=f"{layer.name} (overview)", scale=tuple(scale * f), translate=tuple(translate),
             colormap=self._overview_colormap(), contrast_limits=(0, 255), interpolation2d="nearest",
-            blending="translucent", visible=False, metadata={OVERVIEW_KEY: id(layer), "nuclei_layer": layer.name},
+            blending="translucent", visible=False, metadata={OVERVIEW_KEY: layer_token(layer), "nuclei_layer": layer.name},
             **extra,
         )
         self.viewer.layers.selection.clear()  # adding selects the new layer: give the user theirs back
@@ -300,7 +300,7 @@ class NucleiDisplay:
 
     def _show_overview(self, *_: Any) -> None:
         overview = self.overview
-        if overview is not None and overview in self.viewer.layers:
+        if overview is not None and has_layer(self.viewer.layers, overview):
             overview.visible = self.mode == OVERVIEW and self.layer.visible
 
     def _refresh_overview(self) -> None:
@@ -403,7 +403,7 @@ class NucleiDisplay:
     def close(self) -> None:
         """Stop following the layer (it was deleted) and remove the overview."""
         self.detach()
-        if self.overview is not None and self.overview in self.viewer.layers:
+        if self.overview is not None and has_layer(self.viewer.layers, self.overview):
             self.viewer.layers.remove(self.overview)
         self.overview = None
         self._raster = None

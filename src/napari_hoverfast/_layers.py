@@ -9,6 +9,7 @@ world is in pixels. No Qt here.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -209,3 +210,41 @@ def ellipse_vertices(corners: npt.ArrayLike, n: int = 32) -> npt.NDArray[np.floa
     half_b = (c[2] - c[1]) / 2
     t = np.linspace(0.0, 2 * np.pi, n, endpoint=False)[:, None]
     return centre + np.cos(t) * half_a + np.sin(t) * half_b
+
+
+#: Metadata key of a layer's identity token. napari hands plugin widgets proxies of its layers, a new
+#: proxy object at every access, so ``id()`` and ``is`` cannot tell whether two are the same layer;
+#: a token in the layer's metadata (one dict, shared by every proxy) can.
+LAYER_TOKEN = "hoverfast_token"
+
+
+def layer_token(layer: Any) -> str:
+    """The layer's identity token, given to it on first use."""
+    metadata = layer.metadata
+    token = metadata.get(LAYER_TOKEN)
+    if not isinstance(token, str):
+        token = uuid.uuid4().hex
+        metadata[LAYER_TOKEN] = token
+    return token
+
+
+def same_layer(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are the same layer (either may be a proxy, or ``None``)."""
+    if a is None or b is None:
+        return False
+    if a is b:
+        return True
+    token = a.metadata.get(LAYER_TOKEN)
+    return token is not None and token == b.metadata.get(LAYER_TOKEN)
+
+
+def find_layer(layers: Iterable[Any], token: str | None) -> Any | None:
+    """The layer of ``layers`` holding ``token``, or ``None``."""
+    if token is None:
+        return None
+    return next((layer for layer in layers if layer.metadata.get(LAYER_TOKEN) == token), None)
+
+
+def has_layer(layers: Iterable[Any], layer: Any) -> bool:
+    """Whether ``layer`` (or another proxy of it) is among ``layers``."""
+    return any(same_layer(layer, other) for other in layers)

@@ -52,7 +52,7 @@ from ._display import (
     DisplayOptions,
     NucleiDisplay,
 )
-from ._layers import LEVEL0_PX, layer_mpp
+from ._layers import LEVEL0_PX, find_layer, has_layer, layer_mpp, layer_token, same_layer
 from .core.nuclei import AREA_PX, AREA_UM2, PERIMETER_UM, PROBABILITY, TILE, Nuclei
 from .core.pipeline import NucleusBatch, Progress, RunOptions, RunResult
 from .core.cache import CacheError, TileCache
@@ -198,8 +198,8 @@ class HoverFastWidget(Container):
         self._model_key: tuple[str | None, str] | None = None
         #: How many outlines napari holds at once (beyond: outlines near the view, overview zoomed out).
         self.display_options = DisplayOptions()
-        self._displays: dict[int, NucleiDisplay] = {}
-        self._temp_images: dict[int, tuple[Any, str]] = {}
+        self._displays: dict[str, NucleiDisplay] = {}  # by layer token
+        self._temp_images: dict[str, str] = {}  # image token -> TIFF written for it
         self._job: _Job | None = None
         self._worker: Any = None
         self._pbar: Any = None
@@ -253,10 +253,10 @@ class HoverFastWidget(Container):
         if self._alive["closed"]:
             return
         run = self._run
-        if run is not None and run.layer not in self._viewer.layers:
+        if run is not None and not has_layer(self._viewer.layers, run.layer):
             run.job.cancel.set()  # its layer was deleted, or the viewer is closing
         for key, display in list(self._displays.items()):
-            if display.layer not in self._viewer.layers:
+            if not has_layer(self._viewer.layers, display.layer):
                 del self._displays[key]
                 display.close()
         self.reset_choices()
@@ -415,9 +415,9 @@ class HoverFastWidget(Container):
         path = layer.metadata.get("path")
         if path:
             return str(path), mpp
-        cached = self._temp_images.get(id(layer))
-        if cached is not None and cached[0]() is layer:
-            return cached[1], mpp
+        cached = self._temp_images.get(layer_token(layer))
+        if cached is not None:
+            return cached, mpp
         if layer.multiscale:
             raise _UserError(f"{layer.name} is a pyramid without a file: open the slide with File › Open")
         import tifffile
@@ -428,7 +428,7 @@ class HoverFastWidget(Container):
         folder = tempfile.mkdtemp(prefix="hoverfast-")
         path = str(Path(folder) / "image.tif")
         tifffile.imwrite(path, pixels, photometric="rgb" if pixels.ndim == 3 else "minisblack", tile=(256, 256))
-        self._temp_images[id(layer)] = (weakref.ref(layer), path)
+        self._temp_images[layer_token(layer)] = path
         return path, mpp
 
     def _options(self) -> RunOptions:
@@ -579,39 +579,44 @@ class HoverFastWidget(Container):
     def nuclei_layer(self, image: Image, *, create: bool = False) -> Shapes | None:
         """The "<image> nuclei" layer of ``image`` (made on first use, on the image's frame)."""
         for layer in self._viewer.layers:
-            if isinstance(layer, Shapes) and layer.metadata.get("hoverfast") and layer.metadata.get("image_id") == id(image):
+            if isinstance(layer, Shapes) and layer.metadata.get("hoverfast") and layer.metadata.get("image_token") == layer_token(image):
                 return layer
         if not create:
             return None
         name = f"{image.name} nuclei"
         mpp = layer_mpp(image)
+        selection = self._viewer.layers.selection
+        active = selection.active  # kept: the next rectangle the user draws must not land in the nuclei
         layer = self._viewer.add_shapes(
             ndim=2, name=name, scale=tuple(image.scale[-2:]), translate=tuple(image.translate[-2:]),
             units=tuple(image.units[-2:]), axis_labels=("y", "x"),
             features={k: np.empty(0, dtype=np.int64 if k == TILE else np.float64) for k in _columns(mpp)},
             edge_width=1.0, edge_color=np.asarray(PLAIN_EDGE), face_color="transparent", blending="translucent",
             metadata={
-                "hoverfast": True, "image": image.name, "image_id": id(image), "slide": image.metadata.get("path"),
+                "hoverfast": True, "image": image.name, "image_token": layer_token(image), "slide": image.metadata.get("path"),
                 "mpp": mpp, "data_units": LEVEL0_PX, "covered": [], "runs": [],
             },
         )
+        if active is not None:
+            selection.active = find_layer(self._viewer.layers, layer_token(active))
         return layer
 
     def display(self, layer: Shapes) -> NucleiDisplay:
         """What the nuclei layer shows and holds (made on first use, following the current view)."""
-        display = self._displays.get(id(layer))
-        if display is None or display.layer is not layer:
+        token = layer_token(layer)
+        display = self._displays.get(token)
+        if display is None or not same_layer(display.layer, layer):
             image = self._image_of(layer)
             size = self._slide_size(image) if image is not None else _extent_of(layer)
             display = NucleiDisplay(self._viewer, layer, layer.metadata.get("mpp"), size, self.display_options)
             display.feature = self.color_by.value
             display.view = self._view_box(image) if image is not None else None
-            self._displays[id(layer)] = display
+            self._displays[token] = display
         return display
 
     def _image_of(self, layer: Shapes) -> Image | None:
-        image_id = layer.metadata.get("image_id")
-        return next((im for im in self._viewer.layers if isinstance(im, Image) and id(im) == image_id), None)
+        image = find_layer(self._viewer.layers, layer.metadata.get("image_token"))
+        return image if isinstance(image, Image) else None
 
     def _begin(self, job: _Job | None, layer: Shapes) -> "_RunState":
         """A run's state: new nuclei go to ``layer``, checked against what earlier runs found there."""
@@ -631,7 +636,7 @@ class HoverFastWidget(Container):
             return
         for display in list(self._displays.values()):
             image = self._image_of(display.layer)
-            if image is not None and display.layer in self._viewer.layers:
+            if image is not None and has_layer(self._viewer.layers, display.layer):
                 display.set_view(self._view_box(image))
 
     def _view_box(self, image: Image) -> Box4 | None:
@@ -665,7 +670,7 @@ class HoverFastWidget(Container):
         """Add the batches received since the last update to the layer (if it is still shown)."""
         pending, run.pending = run.pending, None
         start = time.perf_counter()
-        if pending is not None and len(pending) and run.layer in self._viewer.layers:
+        if pending is not None and len(pending) and has_layer(self._viewer.layers, run.layer):
             self._add_batch(run, pending)
         run.flushed_at = time.perf_counter()
         run.flush_cost = run.flushed_at - start
