@@ -181,3 +181,25 @@ def test_unknown_device_is_a_clear_error(reference) -> None:
     ckpt, _ = reference
     with pytest.raises(ValueError, match="Unknown device"):
         load_checkpoint(ckpt, device="tpu")
+
+
+def test_bf16_checkpoints_load_and_damaged_ones_are_refused(tmp_path, shared_dir) -> None:
+    """A bfloat16 file loads (no traceback); NaN weights and a declared depth the tensors do not have
+    are refused before any network is built."""
+    from napari_hoverfast.core.model import CheckpointError, load_checkpoint
+
+    ckpt = torch.load(shared_dir / "reference" / "ckpt_A.pth", weights_only=True)
+    bf16 = dict(ckpt, model_dict={k: v.bfloat16() if v.is_floating_point() else v for k, v in ckpt["model_dict"].items()})
+    torch.save(bf16, tmp_path / "bf16.pth")
+    assert load_checkpoint(tmp_path / "bf16.pth", device="cpu").config.depth == ckpt["depth"]
+
+    nan = dict(ckpt, model_dict=dict(ckpt["model_dict"]))
+    key = next(k for k, v in nan["model_dict"].items() if v.is_floating_point())
+    nan["model_dict"][key] = torch.full_like(nan["model_dict"][key], float("nan"))
+    torch.save(nan, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_checkpoint(tmp_path / "nan.pth", device="cpu")
+
+    torch.save(dict(ckpt, depth=9, wf=10), tmp_path / "huge.pth")
+    with pytest.raises(CheckpointError, match="declares depth 9"):  # from the tensors: nothing allocated
+        load_checkpoint(tmp_path / "huge.pth", device="cpu")

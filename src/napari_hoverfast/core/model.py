@@ -287,9 +287,26 @@ def _config_from_checkpoint(ckpt: dict[str, Any], name: str) -> ModelConfig:
     return ModelConfig(**values)
 
 
-def _apply_state_dict(net: HoverFastNet, state: dict[str, Any], name: str) -> None:
+def check_state(state: Any, config: ModelConfig, name: str) -> None:
+    """Refuse, before any network is built, tensors that do not fit ``config`` or are not finite.
+
+    The depth and width a file declares are checked against its tensors first, so a small file that
+    declares depth 9 / wf 10 is refused instead of allocating a network of hundreds of GiB.
+    """
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{name}: 'model_dict' is not a state dict of tensors")
+    levels = {int(k.split(".")[1]) for k in state if k.startswith("down_path.") and k.split(".")[1].isdigit()}
+    if levels and len(levels) != config.depth:
+        raise CheckpointError(f"{name} declares depth {config.depth} but holds {len(levels)} encoder levels")
+    first = [v for k, v in sorted(state.items()) if k.startswith("down_path.0.") and k.endswith("weight") and v.ndim == 4]
+    if first and first[0].shape[0] != 2**config.wf:
+        raise CheckpointError(f"{name} declares wf {config.wf} ({2**config.wf} channels) but its first layer has {first[0].shape[0]}")
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{name}: tensor {key!r} holds NaN or infinite values; the file is damaged")
+
+
+def _apply_state_dict(net: HoverFastNet, state: dict[str, Any], name: str) -> None:
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -314,13 +331,16 @@ def build_model(
     state: dict[str, torch.Tensor], config: ModelConfig, *, device: str | torch.device = "auto", name: str = "state dict"
 ) -> LoadedModel:
     """A network from a bare state dict and an explicit configuration, in eval mode on ``device``."""
+    check_state(state, config, name)
     net = HoverFastNet(config)
     _apply_state_dict(net, state, name)
     dev = resolve_device(device)
     net = net.to(dev).eval()
     if dev.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
-    digest = hashlib.sha256(b"".join(v.detach().cpu().contiguous().numpy().tobytes() for v in state.values())).hexdigest()
+    # raw bytes (a bfloat16 tensor has no numpy form)
+    digest = hashlib.sha256(b"".join(v.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+                                     for v in state.values())).hexdigest()
     return LoadedModel(net=net, config=config, device=dev, source=name, sha256=digest)
 
 

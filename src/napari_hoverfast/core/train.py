@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .device import resolve_device
-from .model import HoverFastNet, ModelConfig, _config_from_checkpoint, _torch_load, save_checkpoint
+from .model import CheckpointError, HoverFastNet, ModelConfig, _config_from_checkpoint, _torch_load, check_state, save_checkpoint
 from .training_data import AnnotatedTile, AugmentOptions, load_folder, make_batch
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,10 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
     source = options.resume if resuming else options.init
     if source is not None:
         ckpt = _torch_load(Path(source).read_bytes(), Path(source).name)
+        if not isinstance(ckpt, dict) or "model_dict" not in ckpt:
+            raise CheckpointError(f"{Path(source).name} is not a HoverFast checkpoint (no 'model_dict')")
         config = _config_from_checkpoint(ckpt, Path(source).name)
+        check_state(ckpt["model_dict"], config, Path(source).name)  # exactly as load_checkpoint checks it
         if resuming:
             start_step = int(ckpt.get("epoch", 0))
             best = float(ckpt.get("best_loss_on_test", float("inf")))
