@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = ROOT / "docs" / "images" / "widget.png"
 
 
-def render(viewer, output: Path, model: Path | None = None, tile_size: int = 1024) -> int:
+def render(viewer, output: Path, model: Path | None = None, tile_size: int = 2048) -> int:
     """Segment the sample tile in ``viewer``, save the window to ``output``; returns the nuclei count."""
     from skimage import io
 
@@ -26,8 +26,8 @@ def render(viewer, output: Path, model: Path | None = None, tile_size: int = 102
 
     data, kwargs, _ = sample_tile()[0]
     image = viewer.add_image(data, **kwargs)
-    widget = HoverFastWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="HoverFast nuclei", area="right")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-hoverfast", "HoverFast nuclei")  # as users open it
+    assert isinstance(widget, HoverFastWidget)
     widget.synchronous = True
     widget.postprocess_workers = 0
     widget.device.value = "cpu"

@@ -730,7 +730,8 @@ class HoverFastWidget(Container):
         else:
             extra = f" ({run.duplicates:,} already found)" if run.duplicates else ""
             cached = f" ({result.tiles_cached} from the cache)" if result.tiles_cached else ""
-            self.status.value = (f"Done: {len(result.tiles)} tiles{cached}, {run.added:,} nuclei{extra} "
+            tiles = f"{len(result.tiles)} tile{'s' if len(result.tiles) != 1 else ''}"
+            self.status.value = (f"Done: {tiles}{cached}, {run.added:,} nuclei{extra} "
                                  f"in {_duration(result.seconds)}")
         if run.display.mode == OVERVIEW:
             self.status.value += f" · {len(run.display.nuclei):,} in all: zoom in to see their outlines"
