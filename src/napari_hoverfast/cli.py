@@ -152,9 +152,10 @@ def _run_train(args: argparse.Namespace) -> int:
             bar.refresh()
 
         result = train(options, on_progress=show)
+    wrote = f"wrote {result.output}" if Path(result.output).is_file() else "no checkpoint was written"
     print(
         f"trained {result.steps_done} steps in {result.seconds:.0f} s on {len(result.train_names)} tiles; "
-        f"best validation loss {result.best_val_loss:.4f}; wrote {result.output}"
+        f"best validation loss {result.best_val_loss:.4f}; {wrote}"
     )
     return 0
 
@@ -206,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-hoverfast: interrupted", file=sys.stderr)
         return interrupted_status()
-    except (CliError, ValueError, OSError) as exc:  # CacheError and RunError included
+    except (CliError, ValueError, OSError, FloatingPointError) as exc:  # CacheError and RunError included
         print(f"napari-hoverfast: error: {exc}", file=sys.stderr)
         return 2
 

@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import pickle
+import uuid
 import zipfile
 from dataclasses import asdict, dataclass
 from os import PathLike
@@ -399,6 +400,10 @@ def save_checkpoint(
     if extra:
         ckpt.update(extra)
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # unique: two runs never share it
+    try:
+        torch.save(ckpt, tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -69,15 +69,21 @@ def check_outputs(outputs: OutputSet, inputs: Sequence[str | os.PathLike[str] | 
     for path, real in zip(files, resolved, strict=True):
         if real in protected:
             raise ValueError(f"output {path} is the input {protected[real]}: choose another name")
-        folder = real.parent
-        if not folder.exists():
-            raise OSError(f"Cannot write {path}: folder {folder} does not exist")
-        if not folder.is_dir():
-            raise OSError(f"Cannot write {path}: {folder} is not a folder")
-        if real.is_dir():
-            raise OSError(f"Cannot write {path}: it is a folder")
-        if not os.access(folder, os.W_OK):
-            raise OSError(f"Cannot write {path}: folder {folder} is not writable")
+        check_writable(path)
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Fail before a long run, not after it: the folder must exist and be writable, the name no folder."""
+    real = Path(os.path.realpath(path))
+    folder = real.parent
+    if not folder.exists():
+        raise OSError(f"Cannot write {path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise OSError(f"Cannot write {path}: {folder} is not a folder")
+    if real.is_dir():
+        raise OSError(f"Cannot write {path}: it is a folder")
+    if not os.access(folder, os.W_OK):
+        raise OSError(f"Cannot write {path}: folder {folder} is not writable")
 
 
 def _temporary(target: Path) -> Path:

@@ -167,6 +167,9 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
     A generator so the CLI can show a bar and a caller can stop between steps, keeping the best
     checkpoint written so far.
     """
+    from .outputs import check_writable
+
+    check_writable(options.output)  # before loading data or training, not after
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
     tiles = [t for folder in options.data for t in load_folder(folder)]
@@ -234,6 +237,11 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
         loss_t.backward()
         optimizer.step()
         loss = loss_t.item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training diverged at step {step + 1}: the loss is {loss}; lower the learning rate (--lr)"
+                + ("" if best == float("inf") else f"; the best checkpoint so far is {options.output}")
+            )
         val_loss = None
         done = step + 1
         out_of_time = options.max_minutes is not None and time.perf_counter() - started > 60 * options.max_minutes
