@@ -164,3 +164,8 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_from_the_cache(slides, shared_
     assert "2 done" in done.stdout
     side = read_sidecar(out / "big.run.json")
     assert side["complete"] is True and side["tiles_cached"] >= 3 and not (out / "big.partial.geojson.gz").exists()
+
+
+def test_without_a_client_a_local_cluster_is_started_and_closed(slides, shared_dir, tmp_path) -> None:
+    jobs = plan_jobs(read_inputs([slides["a"]]), tmp_path, _template(shared_dir))
+    assert [o.status for o in run_cohort(jobs)] == ["done"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
 import time
@@ -28,22 +27,11 @@ def add_parser(sub: Any, common: Any) -> None:
     common.add_run_options(co)
 
 
-def _cluster_size(workers: int | None) -> tuple[int, int]:
-    """(worker processes, torch threads per worker): one per GPU, else cores shared without oversubscribing."""
-    cores = os.cpu_count() or 1
-    if workers is None:
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        workers = gpus or max(1, cores // 4)
-    return workers, max(1, cores // workers)
-
-
 def run_cohort_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .cli_segment import run_options
-    from .core.cohort import CohortError, SlideOutcome, plan_jobs, read_inputs, run_cohort, write_table
+    from .core.cohort import CohortError, SlideOutcome, local_cluster, plan_jobs, read_inputs, run_cohort, write_table
     from .core.job import SlideJob
 
     try:
@@ -61,7 +49,7 @@ def run_cohort_command(args: argparse.Namespace) -> int:
 
     import logging
 
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if not args.verbose:  # distributed logs every connection at INFO: keep the terminal to the bar
         logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -71,15 +59,7 @@ def run_cohort_command(args: argparse.Namespace) -> int:
         client = Client(args.scheduler)
         threads = None
     else:
-        n, threads = _cluster_size(args.workers)
-        # Worker processes started while SIGINT is ignored keep ignoring it: a Ctrl-C in the terminal
-        # (sent to the whole process group) then reaches this process only, which stops the slides
-        # cleanly instead of workers dying mid-write.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        cluster, threads = local_cluster(args.workers)
         client = Client(cluster)
     print(f"dask: {len(client.scheduler_info()['workers'])} worker(s); dashboard {client.dashboard_link}", file=sys.stderr)
     outcomes: list[SlideOutcome] = []

@@ -244,11 +244,44 @@ def _watch_cancel(name: str, cancel: threading.Event) -> threading.Event:
     return stop
 
 
-def run_cohort(jobs: Sequence[SlideJob], client: Any, *, skip_done: bool = True, threads: int | None = None,
+def cluster_size(workers: int | None = None) -> tuple[int, int]:
+    """(worker processes, torch threads each) for this machine: one per GPU, else one per 4 cores,
+    with the cores shared so that nothing is oversubscribed; ``workers`` overrides the count."""
+    cores = os.cpu_count() or 1
+    if workers is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        workers = gpus or max(1, cores // 4)
+    return workers, max(1, cores // workers)
+
+
+def local_cluster(workers: int | None = None) -> tuple[Any, int]:
+    """A ``LocalCluster`` of worker processes sized by :func:`cluster_size`, and the threads per worker.
+
+    Its workers start with SIGINT ignored, so a Ctrl-C in the terminal (sent to the whole process
+    group) reaches only this process, which stops the slides cleanly instead of workers dying mid-write.
+    """
+    import signal
+
+    from distributed import LocalCluster
+
+    n, threads = cluster_size(workers)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() else None
+    try:
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return cluster, threads
+
+
+def run_cohort(jobs: Sequence[SlideJob], client: Any = None, *, skip_done: bool = True, threads: int | None = None,
                cancel: threading.Event | None = None,
                on_progress: Callable[[int, int], None] | None = None) -> Iterator[SlideOutcome]:
     """Submit every job to ``client`` (a ``distributed.Client``) as one task, now; return an iterator of
-    outcomes as slides finish.
+    outcomes as slides finish. Without a client, a :func:`local_cluster` is started for the cohort
+    and closed when the iterator is exhausted (or closed).
 
     Done slides (see :func:`already_done`) come first, as skipped. Setting ``cancel`` (or Ctrl-C
     while the iterator waits) stops the running slides between batches (they write their partial
@@ -256,8 +289,14 @@ def run_cohort(jobs: Sequence[SlideJob], client: Any, *, skip_done: bool = True,
     iterating to collect them. ``on_progress(tiles done, tiles in all)`` is called from a thread about
     every two seconds with the totals of the slides running then.
     """
-    from distributed import Event
+    from distributed import Client, Event
 
+    owned: list[Any] = []
+    if client is None:
+        cluster, local_threads = local_cluster()
+        client = Client(cluster)
+        owned = [client, cluster]
+        threads = threads if threads is not None else local_threads
     cancel = cancel if cancel is not None else threading.Event()
     cancel_name = f"hoverfast-cancel-{uuid.uuid4().hex}"
     Event(cancel_name, client=client)  # created before any task looks for it
@@ -285,7 +324,7 @@ def run_cohort(jobs: Sequence[SlideJob], client: Any, *, skip_done: bool = True,
     if on_progress is not None:
         threading.Thread(target=_poll_progress, args=(client, futures, cancel_name, on_progress),
                          name="hoverfast-cohort-progress", daemon=True).start()
-    return _outcomes(skipped, futures, slide_of, cancel)
+    return _outcomes(skipped, futures, slide_of, cancel, owned)
 
 
 def _poll_progress(client: Any, futures: list[Any], prefix: str, on_progress: Callable[[int, int], None]) -> None:
@@ -302,26 +341,31 @@ def _poll_progress(client: Any, futures: list[Any], prefix: str, on_progress: Ca
 
 
 def _outcomes(skipped: list[SlideOutcome], futures: list[Any], slide_of: dict[str, str],
-              cancel: threading.Event) -> Iterator[SlideOutcome]:
+              cancel: threading.Event, owned: list[Any]) -> Iterator[SlideOutcome]:
     from distributed import as_completed
 
-    yield from skipped
-    finished = iter(as_completed(futures))
-    while True:
-        try:
-            future = next(finished)
-        except StopIteration:
-            return
-        except KeyboardInterrupt:  # Ctrl-C while waiting: stop the slides, keep collecting them
-            if cancel.is_set():
-                raise
-            cancel.set()
-            continue
-        try:
-            outcome = future.result()
-        except Exception as exc:  # the task itself died (e.g. KilledWorker after repeated deaths)
-            outcome = SlideOutcome(slide_of[future.key], "failed", error=f"{type(exc).__name__}: {exc}")
-        yield outcome
+    try:
+        yield from skipped
+        finished = iter(as_completed(futures))
+        while True:
+            try:
+                future = next(finished)
+            except StopIteration:
+                return
+            except KeyboardInterrupt:  # Ctrl-C while waiting: stop the slides, keep collecting them
+                if cancel.is_set():
+                    raise
+                cancel.set()
+                continue
+            try:
+                outcome = future.result()
+            except Exception as exc:  # the task itself died (e.g. KilledWorker after repeated deaths)
+                outcome = SlideOutcome(slide_of[future.key], "failed", error=f"{type(exc).__name__}: {exc}")
+            yield outcome
+    finally:
+        for resource in owned:  # the client, then the cluster this call started
+            with contextlib.suppress(Exception):
+                resource.close()
 
 
 def write_table(path: Path, outcomes: Sequence[SlideOutcome]) -> None:
