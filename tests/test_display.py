@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import shapely
 
+from _plugin import open_widget
+from napari_hoverfast._layers import same_layer
 from napari_hoverfast._display import ALL, OUTLINES, OVERVIEW, OVERVIEW_KEY, DisplayOptions
 from napari_hoverfast._sample_data import sample_tile
 from napari_hoverfast._widget import NO_COLOR, HoverFastWidget
@@ -39,8 +41,7 @@ def big(make_napari_viewer):
     viewer = make_napari_viewer(show=True)
     data, kwargs, _ = sample_tile()[0]
     image = viewer.add_image(data, **kwargs)
-    widget = HoverFastWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    widget = open_widget(viewer)
     widget.display_options = DisplayOptions(max_outlines=LIMIT)
     viewer.reset_view()
     layer = widget.nuclei_layer(image, create=True)
@@ -189,7 +190,7 @@ def test_small_results_keep_every_outline_and_no_overview(make_napari_viewer):
     viewer = make_napari_viewer()
     data, kwargs, _ = sample_tile()[0]
     image = viewer.add_image(data, **kwargs)
-    widget = HoverFastWidget(viewer)
+    widget = open_widget(viewer)
     layer = widget.nuclei_layer(image, create=True)
     run = widget._begin(None, layer)
     widget._run = run
@@ -220,10 +221,11 @@ def test_closing_and_reopening_the_widget_keeps_every_nucleus(big, qtbot, tmp_pa
     qtbot.waitUntil(lambda: widget._alive["closed"], timeout=5000)
     layer.remove([0])  # an edit while no widget is open: the layer keeps it, the container not yet
 
-    again = HoverFastWidget(viewer)
+    again = open_widget(viewer)
+    assert again is not widget
     again.display_options = DisplayOptions(max_outlines=LIMIT)
     display = again.display(layer)  # adopts the container and the overview, and takes the edit in
-    assert display.overview is overview and len(display.nuclei) == len(polygons) - 1
+    assert same_layer(display.overview, overview) and len(display.nuclei) == len(polygons) - 1  # proxies: not `is`
     layer.remove([0])
     assert len(display.nuclei) == len(polygons) - 2
     assert len(read_geojson(again.export(tmp_path / "again.geojson")[0])) == len(polygons) - 2

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import shapely
 
+from _plugin import open_widget
 from napari_hoverfast import _widget
 from napari_hoverfast._sample_data import sample_slide, sample_tile
 from napari_hoverfast._widget import (
@@ -59,8 +60,7 @@ def add_sample(viewer, sample=sample_tile):
 
 def make_widget(viewer, checkpoint, *, synchronous=True) -> HoverFastWidget:
     """The widget as users open it: Plugins › HoverFast nuclei (napari hands it proxies of the viewer)."""
-    _, widget = viewer.window.add_plugin_dock_widget("napari-hoverfast", "HoverFast nuclei")
-    assert isinstance(widget, HoverFastWidget)
+    widget = open_widget(viewer)
     widget.synchronous = synchronous
     widget.postprocess_workers = 0
     widget.tile_size.value = 256
@@ -247,7 +247,7 @@ def test_batches_arriving_together_are_shown_together(make_napari_viewer, monkey
     to the layer in one update (napari rebuilds a Shapes mesh per update), none lost at the end."""
     viewer = make_napari_viewer()
     image = add_sample(viewer)
-    widget = HoverFastWidget(viewer)
+    widget = open_widget(viewer)
     layer = widget.nuclei_layer(image, create=True)
     run = widget._begin(None, layer)
     widget._run = run

@@ -228,14 +228,19 @@ def layer_token(layer: Any) -> str:
     return token
 
 
+def _unproxied(layer: Any) -> Any:
+    """The layer behind napari's proxies (wrapt object proxies expose it as ``__wrapped__``)."""
+    inner = getattr(layer, "__wrapped__", None)
+    while inner is not None and inner is not layer:
+        layer, inner = inner, getattr(inner, "__wrapped__", None)
+    return layer
+
+
 def same_layer(a: Any, b: Any) -> bool:
     """Whether ``a`` and ``b`` are the same layer (either may be a proxy, or ``None``)."""
     if a is None or b is None:
         return False
-    if a is b:
-        return True
-    token = a.metadata.get(LAYER_TOKEN)
-    return token is not None and token == b.metadata.get(LAYER_TOKEN)
+    return _unproxied(a) is _unproxied(b)
 
 
 def find_layer(layers: Iterable[Any], token: str | None) -> Any | None:
