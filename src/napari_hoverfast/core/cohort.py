@@ -145,14 +145,15 @@ def model_sha256(model: str | None) -> str:
     return digest.hexdigest()
 
 
-def already_done(job: SlideJob, sha256: str) -> bool:
-    """The job's sidecar says complete, for the same model and the same signature."""
+def already_done(job: SlideJob, sha256: str) -> dict[str, Any] | None:
+    """The job's sidecar when it says complete, for the same model and the same signature; else ``None``."""
     outputs = job.outputs
     if outputs is None:
-        return False
+        return None
     side = read_sidecar(outputs.sidecar)
-    return bool(side and side.get("complete") is True and side.get("model_sha256") == sha256
+    done = bool(side and side.get("complete") is True and side.get("model_sha256") == sha256
                 and side.get("job") == job.signature() and outputs.geojson.exists())
+    return side if done else None
 
 
 def run_one(job: SlideJob, cancel_name: str | None = None, threads: int | None = None,
@@ -303,8 +304,8 @@ def run_cohort(jobs: Sequence[SlideJob], client: Any = None, *, skip_done: bool 
     sha = {m: model_sha256(m) for m in {j.model for j in jobs}}
     skipped, futures, slide_of = [], [], {}
     for job in jobs:
-        if skip_done and already_done(job, sha[job.model]):
-            side = read_sidecar(job.outputs.sidecar) or {}  # type: ignore[union-attr]
+        side = already_done(job, sha[job.model]) if skip_done else None
+        if side is not None:
             skipped.append(SlideOutcome(job.slide, "skipped", nuclei=int(side.get("nuclei", 0)),
                                         tiles=int(side.get("tiles_done", 0)), seconds=float(side.get("seconds", 0.0)),
                                         output=str(job.output)))

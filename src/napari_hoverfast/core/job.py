@@ -25,7 +25,7 @@ from typing import Any
 from .cache import TileCache
 from .model import LoadedModel
 from .outputs import OutputSet, write_outputs
-from .pipeline import NucleusBatch, Progress, RunError, RunOptions, RunResult, segment_slide
+from .pipeline import NucleusBatch, Progress, RunError, RunOptions, RunResult, segment_slide, slide_geometry
 from .pipeline import run_to_end as drain  # noqa: F401 - drains a job generator too
 from .tiling import Box
 
@@ -58,8 +58,6 @@ class SlideJob:
     priority: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.regions is not None and not self.regions:
-            raise RunError("regions is empty: give at least one box, or None for the whole slide")
         if self.csv is not None and self.output is None:
             raise RunError("a CSV output needs a GeoJSON output beside it")
         if self.regions is not None and self.tissue_mask is not None:
@@ -130,8 +128,7 @@ def run_slide_job(
     model = model or cached_model(job.model, job.device)
     cache = cache if cache is not None else open_cache(job)
     with Slide(job.slide, mpp=job.mpp) as slide:
-        if slide.mpp is None:
-            raise RunError(f"{slide.name} has no resolution (µm per pixel) in its metadata: give one (--mpp)")
+        slide_geometry(slide)  # the pixel-size rule, checked before any tissue detection
         mpp_source = "user" if job.mpp is not None else "file"
         regions, tissue = _scope(job, slide)
         result = yield from segment_slide(

@@ -220,17 +220,6 @@ def _default_workers(n_tiles: int) -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
-@dataclass
-class _Keys:
-    """Cache keys of a run's tiles: everything the maps depend on besides the tile's geometry."""
-
-    cache: TileCache
-    parts: dict[str, Any]
-
-    def __call__(self, spec: TileSpec, window: Box) -> str:
-        return tile_key(**self.parts, input=astuple(spec.input), window=astuple(window))
-
-
 def segment_slide(
     slide: Any,
     model: LoadedModel,
@@ -286,14 +275,15 @@ def segment_slide(
         earlier = tuple(b for b in region_boxes[: spec.region] if b.intersects(spec.owned))
         window = post_window(spec, options.tiling, work_bounds)
         works[spec.index] = TileWork(spec=spec, window=window, scale=geometry.scale, post=post, exclude=earlier, bounds=bounds)
-    keys: _Keys | None = None
+    keys: dict[int, str] = {}  # tile -> cache key: everything its maps depend on
     if cache is not None:
-        keys = _Keys(cache, {
+        parts = {
             "slide": slide_fingerprint(slide.path, slide.dimensions), "model": model.sha256,
             "work_mpp": round(geometry.work_mpp, 9), "scale": round(geometry.scale, 9),
             "stain": options.stain, "precision": predictor.precision, "device": model.device.type,
-        })
-    cached = {s.index for s in tiles if keys is not None and keys(s, works[s.index].window) in keys.cache}
+        }
+        keys = {s.index: tile_key(**parts, input=astuple(s.input), window=astuple(works[s.index].window)) for s in tiles}
+    cached = {i for i, key in keys.items() if key in cache}  # type: ignore[operator]
     pool: ProcessPoolExecutor | ThreadPoolExecutor | None = None
     if options.workers is None and cached and len(cached) * 2 >= len(tiles):
         # Mostly cached (a resume or a re-threshold): post-processing is all the work. Threads
@@ -354,19 +344,18 @@ def segment_slide(
     yield Progress(0, len(tiles), 0, 0.0)
     try:
         to_predict = tiles
-        if keys is not None:  # cached tiles first, straight to post-processing
+        if cache is not None:  # cached tiles first, straight to post-processing
             to_predict = []
             for spec in tiles:
                 window = works[spec.index].window
                 if spec.index not in cached:
                     to_predict.append(spec)
                     continue
-                key = keys(spec, window)
                 if cancelled():
                     result.cancelled = True
                     break
                 t0 = time.perf_counter()
-                maps = keys.cache.get(key, (window.h, window.w))
+                maps = cache.get(keys[spec.index], (window.h, window.w))
                 timings["cache_read"] += time.perf_counter() - t0
                 if maps is None:
                     to_predict.append(spec)
@@ -385,9 +374,9 @@ def segment_slide(
                 windows = [works[spec.index].window for spec in batch_specs]
                 maps_list = predict_batch(predictor, images, batch_specs, windows)
                 timings["forward"] += time.perf_counter() - t0
-                for spec, window, maps in zip(batch_specs, windows, maps_list, strict=True):
-                    if writer is not None and keys is not None:
-                        writer.submit(keys.cache.put, keys(spec, window), maps)
+                for spec, maps in zip(batch_specs, maps_list, strict=True):
+                    if writer is not None and cache is not None:
+                        writer.submit(cache.put, keys[spec.index], maps)
                     submit(spec, maps)
                 yield from drain(2 * max(1, workers))
         while pending:
