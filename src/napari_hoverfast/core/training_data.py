@@ -39,6 +39,9 @@ class AnnotatedTile:
     name: str
     image: np.ndarray  # H×W×3 uint8
     labels: np.ndarray  # H×W int32, 0 = background
+    #: The folder (data set) the tile came from: batches draw sets equally, so a set of many small
+    #: tiles does not drown one of few large ones.
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class AugmentOptions:
     saturation: float = 0.2
     blur_probability: float = 0.2
     lowres_probability: float = 0.2
+    #: Re-encode as JPEG at a random quality (30–90): slides are JPEG-compressed tiles.
+    jpeg_probability: float = 0.2
 
 
 def _labels_from_geojson(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -108,7 +113,7 @@ def load_folder(folder: str | Path) -> list[AnnotatedTile]:
             raise TrainingDataError(f"{image_path}: no mask (masks/{stem}.png|tif|npy) and no {stem}.geojson")
         if labels.shape != image.shape[:2]:
             raise TrainingDataError(f"{image_path}: mask shape {labels.shape} differs from image shape {image.shape[:2]}")
-        tiles.append(AnnotatedTile(name=stem, image=image, labels=labels))
+        tiles.append(AnnotatedTile(name=stem, image=image, labels=labels, source=folder.name))
     if not tiles:
         raise TrainingDataError(f"{images_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     log.info("Loaded %d annotated tiles from %s", len(tiles), folder)
@@ -161,16 +166,40 @@ def sample_patch(
         image = resize(small, (size, size), order=1)
     elif rng.random() < opts.blur_probability:
         image = ndimage.gaussian_filter(image, sigma=(rng.uniform(0.3, 1.2),) * 2 + (0,))
+    if rng.random() < opts.jpeg_probability:
+        image = _jpeg(image, int(rng.integers(30, 91)))
     labels = np.ascontiguousarray(labels)
     return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32), labels
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """The image after a JPEG round trip at ``quality``: the block artefacts of compressed slides."""
+    import io as _io
+
+    from PIL import Image
+
+    buffer = _io.BytesIO()
+    Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    return np.asarray(Image.open(buffer), dtype=np.float64) / 255.0
+
+
+def tile_weights(tiles: Sequence[AnnotatedTile]) -> np.ndarray:
+    """Sampling probability per tile: each source (data set) equally, tiles of a set by area."""
+    areas = np.array([t.labels.size for t in tiles], dtype=np.float64)
+    sources = [t.source for t in tiles]
+    weights = np.empty_like(areas)
+    for source in set(sources):
+        members = np.array([s == source for s in sources])
+        weights[members] = areas[members] / areas[members].sum()
+    return weights / weights.sum()
 
 
 def make_batch(
     tiles: Sequence[AnnotatedTile], batch_size: int, size: int, rng: np.random.Generator, opts: AugmentOptions | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images N×3×S×S, nucleus masks N×S×S (int64) and HV maps N×2×S×S; tiles drawn by area."""
-    areas = np.array([t.labels.size for t in tiles], dtype=np.float64)
-    picks = rng.choice(len(tiles), size=batch_size, p=areas / areas.sum())
+    """Images N×3×S×S, nucleus masks N×S×S (int64) and HV maps N×2×S×S; sets drawn equally (`tile_weights`)."""
+    picks = rng.choice(len(tiles), size=batch_size, p=tile_weights(tiles))
     images, masks, maps = [], [], []
     for index in picks:
         image, labels = sample_patch(tiles[index], size, rng, opts)
