@@ -345,33 +345,52 @@ def build_model(
     return LoadedModel(net=net, config=config, device=dev, source=name, sha256=digest)
 
 
-def load_checkpoint(
-    path: str | PathLike[str], device: str | torch.device = "auto", *, config: ModelConfig | None = None
-) -> LoadedModel:
-    """Load an upstream HoverFast checkpoint (or a bare state dict with ``config``), ready for inference.
+def read_checkpoint(path: str | PathLike[str], *, config: ModelConfig | None = None) -> tuple[dict[str, Any], ModelConfig, dict[str, Any], str]:
+    """State dict, configuration, the file's other entries and its SHA-256, checked, no network built.
 
-    Configuration comes from the file itself, so every legal depth, width, up-mode, batch-norm and block
-    type loads. The file is read with ``weights_only=True``: a pickle that would execute code is refused.
+    One reader for ``load_checkpoint`` and ``train --init``/``--resume``: an upstream ``.pth`` (read with
+    ``weights_only=True``) or a ``.safetensors`` file (configuration from its metadata, else inferred
+    from the tensors), told apart by content, not by name.
     """
     path = Path(path)
     name = path.name
     data = _read_bytes(path)
+    digest = hashlib.sha256(data).hexdigest()
+    from .safetensors_file import is_safetensors, read_safetensors, safetensors_config
+
+    if is_safetensors(data):
+        state, metadata = read_safetensors(data, name)
+        cfg = config or safetensors_config(state, metadata, name)
+        check_state(state, cfg, name)
+        return state, cfg, {}, digest
     ckpt = _torch_load(data, name)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{name} holds a {type(ckpt).__name__}, not a HoverFast checkpoint dict")
     if "model_dict" in ckpt:
         state = ckpt["model_dict"]
         cfg = config or _config_from_checkpoint(ckpt, name)
+        extras = {k: v for k, v in ckpt.items() if k != "model_dict"}
     elif config is not None:
-        state = ckpt
-        cfg = config
+        state, cfg, extras = ckpt, config, {}
     elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise CheckpointError(f"{name} is a bare state dict: pass config=ModelConfig(...) to say its architecture")
     else:
         raise CheckpointError(f"{name} is not a HoverFast checkpoint (no 'model_dict'; keys: {', '.join(map(str, list(ckpt)[:6]))})")
-    loaded = build_model(state, cfg, device=device, name=name)
-    digest = hashlib.sha256(data).hexdigest()
-    log.info("Loaded %s: %s", name, loaded.describe())
+    check_state(state, cfg, name)
+    return state, cfg, extras, digest
+
+
+def load_checkpoint(
+    path: str | PathLike[str], device: str | torch.device = "auto", *, config: ModelConfig | None = None
+) -> LoadedModel:
+    """Load HoverFast weights (``.pth`` or ``.safetensors``, or a bare state dict with ``config``) for inference.
+
+    Configuration comes from the file itself, so every legal depth, width, up-mode, batch-norm and block
+    type loads. A pickle that would execute code is refused; safetensors files cannot hold code.
+    """
+    state, cfg, _, digest = read_checkpoint(path, config=config)
+    loaded = build_model(state, cfg, device=device, name=Path(path).name)
+    log.info("Loaded %s: %s", Path(path).name, loaded.describe())
     return LoadedModel(net=loaded.net, config=cfg, device=loaded.device, source=str(path), sha256=digest)
 
 

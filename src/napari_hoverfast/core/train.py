@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .device import resolve_device
-from .model import CheckpointError, HoverFastNet, ModelConfig, _config_from_checkpoint, _torch_load, check_state, save_checkpoint
+from .model import HoverFastNet, ModelConfig, read_checkpoint, save_checkpoint
 from .training_data import AnnotatedTile, AugmentOptions, load_folder, make_batch
 
 log = logging.getLogger(__name__)
@@ -187,11 +187,8 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
         raise ValueError("Give either resume (continue a run) or init (fine-tune from weights), not both")
     source = options.resume if resuming else options.init
     if source is not None:
-        ckpt = _torch_load(Path(source).read_bytes(), Path(source).name)
-        if not isinstance(ckpt, dict) or "model_dict" not in ckpt:
-            raise CheckpointError(f"{Path(source).name} is not a HoverFast checkpoint (no 'model_dict')")
-        config = _config_from_checkpoint(ckpt, Path(source).name)
-        check_state(ckpt["model_dict"], config, Path(source).name)  # exactly as load_checkpoint checks it
+        state, config, extras, _ = read_checkpoint(source)  # exactly as load_checkpoint reads and checks it
+        ckpt = {**extras, "model_dict": state}
         if resuming:
             start_step = int(ckpt.get("epoch", 0))
             best = float(ckpt.get("best_loss_on_test", float("inf")))
