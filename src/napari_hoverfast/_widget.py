@@ -64,7 +64,7 @@ SCOPE_RECTANGLES = "Rectangles in a Shapes layer"
 SCOPE_VIEW = "Current view"
 SCOPE_WHOLE = "Whole slide"
 MODEL_DEFAULT = "Embedded default"
-MODEL_FILE = "Checkpoint file (.pth)"
+MODEL_FILE = "Checkpoint file (.pth or .safetensors)"
 #: Environment switch: run on the main thread (tests; the stardist-napari pattern).
 SYNC_ENV = "HOVERFAST_SYNC"
 #: Batches are shown together at most every FLUSH_MIN_SECONDS, and no sooner than FLUSH_BUSY_RATIO
@@ -165,7 +165,7 @@ class HoverFastWidget(Container):
             label="Model", choices=[MODEL_DEFAULT, MODEL_FILE] if has_default else [MODEL_FILE],
             value=MODEL_DEFAULT if has_default else MODEL_FILE,
         )
-        self.model_path = FileEdit(label="Checkpoint", mode="r", filter="*.pth", nullable=True)
+        self.model_path = FileEdit(label="Checkpoint", mode="r", filter="*.pth *.safetensors", nullable=True)
         self.model_info = Label(label="", value="")
         self.scope = ComboBox(label="Scope", choices=[SCOPE_VIEW, SCOPE_RECTANGLES, SCOPE_WHOLE], value=SCOPE_VIEW)
         self.shapes_layer = ComboBox(label="Rectangles", choices=self._shapes_choices, nullable=True)
@@ -281,7 +281,7 @@ class HoverFastWidget(Container):
         elif self.model_path.value is not None and Path(self.model_path.value).is_file():
             self.load_model()
         else:
-            self.model_info.value = "Choose a HoverFast checkpoint (.pth)"
+            self.model_info.value = "Choose a HoverFast checkpoint (.pth or .safetensors)"
 
     def _on_model_path(self, path: Any) -> None:
         self._forget_model()
@@ -297,7 +297,7 @@ class HoverFastWidget(Container):
             return None
         path = self.model_path.value
         if path is None or str(path) in ("", "."):
-            raise _UserError("Choose a HoverFast checkpoint (.pth) first")
+            raise _UserError("Choose a HoverFast checkpoint (.pth or .safetensors) first")
         return str(path)
 
     def load_model(self) -> Any:

@@ -46,7 +46,7 @@ positive_int = _positive_int
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options of a slide's run, shared by ``segment`` and ``cohort``."""
-    parser.add_argument("--model", type=Path, default=None, help="HoverFast checkpoint (.pth); default: the embedded model")
+    parser.add_argument("--model", type=Path, default=None, help="HoverFast weights (.pth or .safetensors); default: the embedded model")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="tiles per forward pass")
     parser.add_argument("--tile-size", type=_positive_int, default=2048, metavar="PX", help="network input tile, px (2048)")
