@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from .cache import TileCache
+from .focus import Focus
 from .model import LoadedModel
 from .outputs import OutputSet, write_outputs
 from .pipeline import NucleusBatch, Progress, RunError, RunOptions, RunResult, segment_slide, slide_geometry
 from .pipeline import run_to_end as drain  # noqa: F401 - drains a job generator too
 from .tiling import Box
+from .tissue import TissueMask
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class SlideJob:
     ``regions`` are level-0 boxes (``None``: the whole slide, on tissue); ``model`` a checkpoint path
     (``None``: the embedded model); ``output``/``csv`` the files to write (none: the caller handles
     the result); ``cache`` a folder for the tile cache (``None``: off) and ``cache_max_bytes`` its cap.
+    ``skip_glass`` keeps only the regions' tiles that touch tissue (found automatically).
     """
 
     slide: str
@@ -56,6 +59,7 @@ class SlideJob:
     cache: str | None = None
     cache_max_bytes: int | None = None
     priority: tuple[float, float] | None = None
+    skip_glass: bool = False
 
     def __post_init__(self) -> None:
         if self.csv is not None and self.output is None:
@@ -72,6 +76,8 @@ class SlideJob:
             "regions": [astuple(r) for r in self.regions] if self.regions else None, "device": self.device,
             "options": options,
         }
+        if self.skip_glass:  # only then: earlier signatures stay valid
+            data["skip_glass"] = True
         return json.loads(json.dumps(data, default=str))
 
     @property
@@ -115,12 +121,17 @@ def run_slide_job(
     model: LoadedModel | None = None,
     cancel: threading.Event | None = None,
     cache: TileCache | None = None,
+    tissue: TissueMask | None = None,
+    cache_only: bool = False,
+    focus: Focus | None = None,
 ) -> Generator[Progress | NucleusBatch, None, JobResult]:
     """Run ``job``: yields progress and nucleus batches, returns a :class:`JobResult`.
 
     ``model`` and ``cache`` may be handed in already open (the widget keeps both); otherwise they
     come from the job. Outputs, when the job names them, are written whatever the outcome: the final
-    set for a complete run, ``NAME.partial.*`` otherwise.
+    set for a complete run, ``NAME.partial.*`` otherwise. ``tissue`` is the slide's tissue mask when
+    the caller keeps one (else found when needed); ``cache_only`` and ``focus`` go to
+    :func:`~napari_hoverfast.core.pipeline.segment_slide`.
     """
     from .slide import Slide
 
@@ -130,9 +141,10 @@ def run_slide_job(
     with Slide(job.slide, mpp=job.mpp) as slide:
         slide_geometry(slide)  # the pixel-size rule, checked before any tissue detection
         mpp_source = "user" if job.mpp is not None else "file"
-        regions, tissue = _scope(job, slide)
+        regions, tissue = _scope(job, slide, tissue)
         result = yield from segment_slide(
-            slide, model, regions, job.options, tissue=tissue, priority=job.priority, cancel=cancel, cache=cache
+            slide, model, regions, job.options, tissue=tissue, priority=job.priority, cancel=cancel, cache=cache,
+            cache_only=cache_only, focus=focus,
         )
     written: list[Path] = []
     if outputs is not None:
@@ -146,15 +158,18 @@ def run_slide_job(
     return JobResult(run=result, written=written, mpp_source=mpp_source)
 
 
-def _scope(job: SlideJob, slide: Any) -> tuple[list[Box] | None, Any]:
-    """The job's regions, or the whole small image, or ``None`` with the slide's tissue."""
-    if job.regions is not None:
-        return list(job.regions), None
-    if job.tissue_mask is None and slide.level_count == 1 and max(slide.dimensions) <= SMALL_IMAGE:
-        return [Box(0, 0, *slide.dimensions)], None
+def _scope(job: SlideJob, slide: Any, known: TissueMask | None = None) -> tuple[list[Box] | None, Any]:
+    """The job's regions (on tissue with ``skip_glass``), or the whole small image, or ``None`` with the slide's tissue."""
     from .tissue import mask_from_image, tissue_mask
 
-    tissue = mask_from_image(job.tissue_mask, slide.dimensions) if job.tissue_mask else tissue_mask(slide)
+    if job.regions is not None:
+        return list(job.regions), (known or tissue_mask(slide)) if job.skip_glass else None
+    if job.tissue_mask is None and slide.level_count == 1 and max(slide.dimensions) <= SMALL_IMAGE:
+        return [Box(0, 0, *slide.dimensions)], None
+    if job.tissue_mask:
+        tissue = mask_from_image(job.tissue_mask, slide.dimensions)
+    else:
+        tissue = known or tissue_mask(slide)
     if not tissue.mask.any():
         where = f"the mask {job.tissue_mask}" if job.tissue_mask else slide.name
         raise RunError(f"No tissue found on {where}: give regions (--roi) or a tissue mask (--tissue-mask)")

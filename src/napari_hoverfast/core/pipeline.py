@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .cache import TileCache, TileMaps, slide_fingerprint, tile_key
+from .focus import Focus
 from .model import LoadedModel
 from .nuclei import Nuclei
 from .postprocess import PostprocessOptions
@@ -199,10 +200,10 @@ def plan_run(
         width, height = slide.dimensions
         whole = Box(0, 0, width, height).scaled(geometry.scale)
         tiles = plan_tiles(whole, options.tiling, multiple=multiple)
-        if tissue is not None:
-            boxes = [astuple(t.owned.scaled(1.0 / geometry.scale)) for t in tiles]
-            tiles = [t for t, keep in zip(tiles, tiles_on_tissue(tissue, boxes)) if keep]
-            tiles = [TileSpec(i, t.input, t.owned, t.region) for i, t in enumerate(tiles)]
+    if tissue is not None:  # regions too: the widget's view and rectangles skip glass
+        boxes = [astuple(t.owned.scaled(1.0 / geometry.scale)) for t in tiles]
+        tiles = [t for t, keep in zip(tiles, tiles_on_tissue(tissue, boxes)) if keep]
+        tiles = [TileSpec(i, t.input, t.owned, t.region) for i, t in enumerate(tiles)]
     if priority is not None:
         tiles = order_by_distance(tiles, (priority[0] * geometry.scale, priority[1] * geometry.scale))
     return tiles
@@ -230,6 +231,8 @@ def segment_slide(
     priority: tuple[float, float] | None = None,
     cancel: threading.Event | None = None,
     cache: TileCache | None = None,
+    cache_only: bool = False,
+    focus: Focus | None = None,
 ) -> Generator[Progress | NucleusBatch, None, RunResult]:
     """Segment nuclei in level-0 ``regions`` of ``slide`` (all of it, on ``tissue``, when ``None``).
 
@@ -240,6 +243,9 @@ def segment_slide(
     instead of losing what was found. With a ``cache``, tiles already predicted (same slide, model,
     geometry, resolution, stain and precision) are not predicted again, and every tile predicted is
     stored as soon as it is done, so a later run resumes or re-thresholds from there.
+    ``cache_only`` post-processes the cached tiles and skips the others (a re-threshold that never
+    runs the network; skipped tiles are not in ``tiles_done``). With a ``focus``, the tiles left to
+    predict are re-sorted nearest to its point (level-0 px) whenever it moves.
     """
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         # A post-processing worker is importing a script without a __main__ guard, which called us:
@@ -248,6 +254,8 @@ def segment_slide(
         raise RunError('napari-hoverfast called while a worker process starts: guard the script with `if __name__ == "__main__":`')
     if regions is not None and not len(regions):
         raise RunError("regions is empty: give at least one box, or None for the whole slide")
+    if cache_only and cache is None:
+        raise RunError("cache_only needs a tile cache")
     options = options or RunOptions()
     options = replace(options, tiling=options.tiling.resolved(model.config.padding_reach))
     geometry = slide_geometry(slide)
@@ -363,8 +371,11 @@ def segment_slide(
                 result.tiles_cached += 1
                 submit(spec, maps)
                 yield from drain(2 * max(1, workers))
-        if not result.cancelled:
-            reader = Reader(slide, _batches(to_predict, batch_size), geometry.scale, geometry.work_mpp, options.stain, options.read_ahead)
+        if cache_only:
+            to_predict = []
+        if not result.cancelled and to_predict:
+            reader = Reader(slide, _batches(to_predict, batch_size), geometry.scale, geometry.work_mpp, options.stain, options.read_ahead,
+                            focus=focus)
             reader.start()
             for batch_specs, images in reader.items():
                 if cancelled():

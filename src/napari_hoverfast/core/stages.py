@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from .cache import TileMaps
 from .duplicates import duplicates_of
+from .focus import Focus, nearest_first
 from .nuclei import Nuclei
 from .postprocess import PostprocessOptions, instance_labels, labels_to_polygons
 from .predict import Predictor, Stain, prepare
@@ -143,10 +144,12 @@ def drop_seam_copies(
 class Reader(threading.Thread):
     """Reads and prepares batches of tiles ahead of the network, into a bounded queue."""
 
-    def __init__(self, slide: Any, batches: list[list[TileSpec]], scale: float, work_mpp: float, stain: Stain, depth: int) -> None:
+    def __init__(self, slide: Any, batches: list[list[TileSpec]], scale: float, work_mpp: float, stain: Stain, depth: int,
+                 focus: Focus | None = None) -> None:
         super().__init__(name="hoverfast-reader", daemon=True)
         self.slide = slide
         self.batches = batches
+        self.focus = focus
         self.scale = scale
         self.work_mpp = work_mpp
         self.stain = stain
@@ -165,7 +168,7 @@ class Reader(threading.Thread):
 
     def run(self) -> None:
         try:
-            for batch in self.batches:
+            for batch in self._ordered():
                 if self.stop.is_set():
                     return
                 start = time.perf_counter()
@@ -181,6 +184,17 @@ class Reader(threading.Thread):
             self.out.put(exc)
         finally:
             self.out.put(None)
+
+    def _ordered(self) -> Generator[list[TileSpec], None, None]:
+        """The batches in order, re-sorted nearest to the focus whenever it moved (working px)."""
+        left, seen = list(self.batches), 0
+        while left:
+            if self.focus is not None:
+                point, version = self.focus.get()
+                if point is not None and version != seen:
+                    seen, target = version, (point[0] * self.scale, point[1] * self.scale)
+                    left = nearest_first(left, target, lambda batch: batch[0].owned.centre)
+            yield left.pop(0)
 
     def items(self) -> Generator[tuple[list[TileSpec], np.ndarray], None, None]:
         while True:
