@@ -23,7 +23,7 @@ from napari_hoverfast.core.tiling import Box, TilingOptions
 pytestmark = pytest.mark.skipif(not has_default_model(), reason="needs the embedded default model")
 
 REGION = Box(0, 0, 600, 560)
-SMALL = RunOptions(tiling=TilingOptions(tile=384), workers=0)
+SMALL = RunOptions(tiling=TilingOptions(tile=224), workers=0)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,9 @@ def test_anything_the_maps_depend_on_misses(tile, model, tmp_path, shared_dir, c
     _run(tile, model, cache=cache)
     other_model = load_checkpoint(shared_dir / "reference" / "ckpt_A.pth", device="cpu") if change == "model" else model
     options = {
-        "stain": RunOptions(tiling=TilingOptions(tile=384), workers=0, stain="ihc_dab"),
-        "tile size": RunOptions(tiling=TilingOptions(tile=448), workers=0),
-        "precision": RunOptions(tiling=TilingOptions(tile=384), workers=0, precision="bf16"),
+        "stain": RunOptions(tiling=TilingOptions(tile=224), workers=0, stain="ihc_dab"),
+        "tile size": RunOptions(tiling=TilingOptions(tile=320), workers=0),
+        "precision": RunOptions(tiling=TilingOptions(tile=224), workers=0, precision="bf16"),
     }.get(change, SMALL)
     again = _run(tile, other_model, options, cache, mpp=0.26 if change == "mpp" else 0.25)
     assert again.tiles_cached == 0
@@ -150,7 +150,7 @@ def test_resume_after_cancel_equals_an_uninterrupted_run(tile, model, tmp_path) 
 def test_rethreshold_equals_a_fresh_run_with_the_new_options(tile, model, tmp_path) -> None:
     cache = TileCache(tmp_path / "cache")
     _run(tile, model, cache=cache)
-    new = RunOptions(tiling=TilingOptions(tile=384), workers=0, min_area_um2=8.0, max_area_um2=60.0,
+    new = RunOptions(tiling=TilingOptions(tile=224), workers=0, min_area_um2=8.0, max_area_um2=60.0,
                      marker_threshold=0.35, mask_threshold=0.45, simplify=3.0)
     again = _run(tile, model, new, cache)
     assert again.tiles_cached == 9 and again.timings["forward"] == 0

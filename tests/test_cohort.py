@@ -95,7 +95,7 @@ def test_a_manifest_overrides_the_pixel_size(client, slides, shared_dir, tmp_pat
 
 def test_a_killed_worker_loses_no_slide(client, slides, shared_dir, tmp_path) -> None:
     """Kill the worker process running a slide: dask reschedules it; every slide ends done."""
-    template = _template(shared_dir, tiling=TilingOptions(tile=384))
+    template = _template(shared_dir, tiling=TilingOptions(tile=224))
     jobs = plan_jobs(read_inputs([slides["big"], slides["a"]]), tmp_path, template)
     run = run_cohort(jobs, client)
     deadline = time.monotonic() + 60

@@ -121,7 +121,7 @@ def test_an_image_without_resolution_is_refused_unless_given(shared_dir: Path, m
     with pytest.raises(RunError, match="no resolution"):
         drain(run_slide_job(SlideJob(slide=tile, regions=(Box(0, 0, 64, 64),)), model=model))
     done = drain(run_slide_job(SlideJob(slide=tile, mpp=0.25, regions=(Box(0, 0, 200, 200),),
-                                        options=RunOptions(tiling=TilingOptions(tile=384), workers=0)), model=model))
+                                        options=RunOptions(tiling=TilingOptions(tile=224), workers=0)), model=model))
     assert done.complete and done.mpp_source == "user"
 
 
@@ -145,7 +145,7 @@ def test_no_tissue_is_a_clear_message(tmp_path: Path, shared_dir: Path, model) -
 def test_a_cancelled_job_writes_its_partial_set_beside_the_complete_one(tmp_path: Path, shared_dir: Path, model) -> None:
     out = tmp_path / "cells.geojson"
     job = SlideJob(slide=str(shared_dir / "data" / "tcga_tile.png"), mpp=0.25, regions=(Box(0, 0, 700, 700),),
-                   options=RunOptions(tiling=TilingOptions(tile=384), workers=0), output=str(out), csv=str(tmp_path / "cells.csv"))
+                   options=RunOptions(tiling=TilingOptions(tile=224), workers=0), output=str(out), csv=str(tmp_path / "cells.csv"))
     complete = drain(run_slide_job(job, model=model))
     assert complete.complete and complete.written[0] == out
     before = out.read_bytes()
@@ -176,7 +176,7 @@ def test_a_script_without_a_main_guard_still_gets_its_result(tmp_path: Path, sha
         "from napari_hoverfast.core.tiling import Box, TilingOptions\n"
         f"job = SlideJob(slide={str(shared_dir / 'data' / 'tcga_tile.png')!r}, mpp=0.25, regions=(Box(0, 0, 600, 600),),\n"
         f"               model={str(shared_dir / 'reference' / 'ckpt_A.pth')!r}, device='cpu',\n"
-        f"               options=RunOptions(tiling=TilingOptions(tile=384), workers=1), output={str(out)!r})\n"
+        f"               options=RunOptions(tiling=TilingOptions(tile=224), workers=1), output={str(out)!r})\n"
         "done = drain(run_slide_job(job))\n"
         "print('nuclei', len(done.run.nuclei), done.complete)\n",
         encoding="utf-8",

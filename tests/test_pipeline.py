@@ -24,7 +24,7 @@ from napari_hoverfast.core.pipeline import (
 from napari_hoverfast.core.slide import Slide
 from napari_hoverfast.core.tiling import Box, TilingOptions
 
-SMALL = RunOptions(tiling=TilingOptions(tile=384), workers=0)
+SMALL = RunOptions(tiling=TilingOptions(tile=224), workers=0)
 
 
 @pytest.fixture(scope="module")

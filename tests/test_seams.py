@@ -82,12 +82,12 @@ def test_no_nucleus_lost_at_tile_borders(runs) -> None:
 
 
 def test_small_tiles_keep_no_seam_copy(shared_dir: Path) -> None:
-    """256-px tiles normalise small windows, so a seam nucleus can come out shaped differently in
+    """Small tiles (3×3 cells of ~171 px) normalise small windows, so a seam nucleus can come out shaped differently in
     the two tiles with its centroid in each one's cell (measured: 3 such pairs in a 512² region);
     the run drops the second copy."""
     model = load_model(Path(MODEL) if MODEL else None, device="cpu")
     with Slide(shared_dir / "data" / "tcga_tile.png", mpp=0.25) as slide:
-        small = run_to_end(segment_slide(slide, model, [Box(0, 0, 512, 512)], RunOptions(tiling=TilingOptions(tile=256), workers=0)))
+        small = run_to_end(segment_slide(slide, model, [Box(0, 0, 512, 512)], RunOptions(tiling=TilingOptions(tile=176), workers=0)))
     assert len(small.tiles) >= 9
     polys = np.asarray(small.nuclei.polygons, dtype=object)
     pairs, iou = _iou_pairs(polys, polys)

@@ -54,4 +54,16 @@ def test_bad_options_and_regions() -> None:
     with pytest.raises(ValueError, match="Empty region"):
         Box(0, 0, 0, 10)
     with pytest.raises(ValueError, match="Overlap"):
-        TilingOptions(tile=256, overlap=200)
+        TilingOptions(tile=256, overlap=256)
+
+
+@pytest.mark.parametrize("side", [2048, 2049, 2300, 2400, 3000, 4096, 4097, 6000, 8192, 30000])
+def test_regions_of_2048_and_more_waste_little(side: int) -> None:
+    """Pixels computed per pixel kept stay at or under 1.3 (issue: 2.25 for 4096² with fixed steps)."""
+    from napari_hoverfast.core.tiling import computed_per_owned
+
+    tiles = plan_tiles(Box(0, 0, side, side + 7), TilingOptions().resolved(48), multiple=8)
+    assert computed_per_owned(tiles) <= 1.3
+    owned = sum(t.owned.w * t.owned.h for t in tiles)
+    assert owned == side * (side + 7)  # the cells tile the region exactly
+    assert len({(t.input.w, t.input.h) for t in tiles}) == 1  # one input size: tiles batch

@@ -31,3 +31,17 @@ def duplicates_of(new: np.ndarray, old: np.ndarray, iou: float = DUPLICATE_IOU) 
     overlap = inter / np.maximum(shapely.area(a) + shapely.area(b) - inter, 1e-12)
     out[new_idx[overlap > iou]] = True
     return out
+
+
+def overlaps_any(new: np.ndarray, old: np.ndarray, fraction: float) -> np.ndarray:
+    """Boolean mask over ``new``: True where a polygon of ``old`` covers more than ``fraction`` of its area."""
+    new = np.asarray(new, dtype=object)
+    old = np.asarray(old, dtype=object)
+    out = np.zeros(len(new), dtype=bool)
+    if not len(new) or not len(old):
+        return out
+    new_idx, old_idx = shapely.STRtree(old).query(new, predicate="intersects")
+    if len(new_idx):
+        covered = shapely.area(shapely.intersection(new[new_idx], old[old_idx])) / np.maximum(shapely.area(new[new_idx]), 1e-12)
+        out[new_idx[covered > fraction]] = True
+    return out

@@ -26,6 +26,7 @@ from dataclasses import asdict, astuple, dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
+import shapely
 
 from .cache import TileCache, TileMaps, slide_fingerprint, tile_key
 from .focus import Focus
@@ -33,9 +34,11 @@ from .model import LoadedModel
 from .nuclei import Nuclei
 from .postprocess import PostprocessOptions
 from .predict import Precision, PredictOptions, Predictor, Stain
-from .stages import Reader, TileWork, drop_seam_copies, ignore_interrupts, neighbours, postprocess_tile, predict_batch
-from .tiling import Box, TileSpec, TilingOptions, order_by_distance, plan_tiles, post_window
+from .limits import check_batch_pixels, check_batch_size, check_workers
+from .stages import Reader, TileWork, drop_seam_copies, neighbours, postprocess_tile, predict_batch
+from .tiling import Box, TileSpec, TilingOptions, keep_boxes, order_by_distance, plan_tiles, post_window
 from .tissue import TissueMask, tiles_on_tissue
+from .worker_pool import start_worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +69,11 @@ class RunOptions:
     read_ahead: int = 2
 
     def __post_init__(self) -> None:
-        if self.batch_size is not None and self.batch_size < 1:
-            raise RunError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.min_area_um2 < 0:
-            raise RunError(f"minimum area must be zero or more, got {self.min_area_um2}")
-        try:
+        try:  # the ranges live in limits.py, shared with the command line
+            if self.batch_size is not None:
+                check_batch_pixels(check_batch_size(self.batch_size), self.tiling.tile)
+            if self.workers is not None:
+                check_workers(self.workers)
             self.postprocess(0.25)
         except ValueError as exc:
             raise RunError(str(exc)) from None
@@ -209,6 +212,16 @@ def plan_run(
     return tiles
 
 
+def _in_band(polygons: list[Any], spec: TileSpec, scale: float) -> np.ndarray:
+    """Which nuclei lie past the tile's own cell (kept from its seam band): centroids in working px."""
+    if not polygons:
+        return np.zeros(0, bool)
+    c = shapely.centroid(np.asarray(polygons, dtype=object))
+    x, y = shapely.get_x(c) * scale, shapely.get_y(c) * scale
+    o = spec.owned
+    return ~((x >= o.x) & (x < o.x + o.w) & (y >= o.y) & (y < o.y + o.h))
+
+
 def _default_batch_size(model: LoadedModel, tile: int) -> int:
     if model.device.type == "cuda":
         return max(1, int(8 * (1024 / tile) ** 2))
@@ -279,10 +292,12 @@ def segment_slide(
     bounds = Box(0, 0, *slide.dimensions)
     work_bounds = bounds.scaled(geometry.scale)
     works: dict[int, TileWork] = {}
+    keep = keep_boxes(tiles)
     for spec in tiles:
         earlier = tuple(b for b in region_boxes[: spec.region] if b.intersects(spec.owned))
         window = post_window(spec, options.tiling, work_bounds)
-        works[spec.index] = TileWork(spec=spec, window=window, scale=geometry.scale, post=post, exclude=earlier, bounds=bounds)
+        works[spec.index] = TileWork(spec=spec, window=window, scale=geometry.scale, post=post, exclude=earlier, bounds=bounds,
+                                     keep=keep[spec.index])
     keys: dict[int, str] = {}  # tile -> cache key: everything its maps depend on
     if cache is not None:
         parts = {
@@ -299,7 +314,7 @@ def segment_slide(
         workers = os.cpu_count() or 2
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hoverfast-post")
     elif workers > 0:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts)
+        pool = start_worker_pool(workers)  # started with Ctrl-C blocked: no worker traceback
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoverfast-cache") if cache is not None else None
     pending: deque[tuple[TileSpec, Future[Any] | tuple[list[Any], np.ndarray], TileMaps]] = deque()
     timings = {"read": 0.0, "forward": 0.0, "postprocess": 0.0, "cache_read": 0.0}
@@ -333,7 +348,7 @@ def segment_slide(
                     "`if __name__ == \"__main__\":`); post-processing in this process instead"
                 )
             polygons, probability = in_process(spec, maps)
-        polygons, probability = drop_seam_copies(nuclei, rows, near[spec.index], polygons, probability)
+        polygons, probability = drop_seam_copies(nuclei, rows, near[spec.index], polygons, probability, _in_band(polygons, spec, geometry.scale))
         start = len(nuclei)
         batch = nuclei.append(polygons, probability, spec.index)
         rows[spec.index] = (start, len(nuclei))
@@ -349,8 +364,8 @@ def segment_slide(
     def cancelled() -> bool:
         return cancel is not None and cancel.is_set()
 
-    yield Progress(0, len(tiles), 0, 0.0)
     try:
+        yield Progress(0, len(tiles), 0, 0.0)  # inside: a run closed here still shuts its pools down
         to_predict = tiles
         if cache is not None:  # cached tiles first, straight to post-processing
             to_predict = []

@@ -21,7 +21,7 @@ import shapely
 from scipy import ndimage
 
 from .cache import TileMaps
-from .duplicates import duplicates_of
+from .duplicates import duplicates_of, overlaps_any
 from .focus import Focus, nearest_first
 from .nuclei import Nuclei
 from .postprocess import PostprocessOptions, instance_labels, labels_to_polygons
@@ -39,6 +39,8 @@ class TileWork:
     post: PostprocessOptions
     exclude: tuple[Box, ...]
     bounds: Box
+    #: Where a kept nucleus's centroid may be: the cell widened toward its neighbours (``keep_boxes``).
+    keep: Box | None = None
 
 
 def predict_batch(predictor: Predictor, images: np.ndarray, specs: Sequence[TileSpec], windows: Sequence[Box]) -> list[TileMaps]:
@@ -74,7 +76,7 @@ def postprocess_tile(maps: TileMaps, work: TileWork) -> tuple[list[Any], np.ndar
     w = work.window
     cy = centres[:, 0] + 0.5 + w.y
     cx = centres[:, 1] + 0.5 + w.x
-    owned = work.spec.owned
+    owned = work.keep or work.spec.owned
     keep = (cx >= owned.x) & (cx < owned.x + owned.w) & (cy >= owned.y) & (cy < owned.y + owned.h)
     for box in work.exclude:
         keep &= ~((cx >= box.x) & (cx < box.x + box.w) & (cy >= box.y) & (cy < box.y + box.h))
@@ -123,18 +125,24 @@ def neighbours(tiles: Sequence[TileSpec]) -> dict[int, list[int]]:
 
 
 def drop_seam_copies(
-    nuclei: Nuclei, rows: dict[int, tuple[int, int]], near: list[int], polygons: list[Any], probability: np.ndarray
+    nuclei: Nuclei, rows: dict[int, tuple[int, int]], near: list[int], polygons: list[Any], probability: np.ndarray,
+    band: np.ndarray | None = None,
 ) -> tuple[list[Any], np.ndarray]:
     """A finished tile's nuclei without those a finished neighbour already holds (``duplicates.py``).
 
     The copy of the tile that finished first is kept, so runs that finish tiles in the same order
-    (a resumed run does: cached tiles first, in plan order) keep the same copies.
+    (a resumed run does: cached tiles first, in plan order) keep the same copies. ``band`` marks the
+    nuclei kept from past the tile's cell (``tiling.SEAM_BAND``): those are a rescue, so they go when
+    they overlap a neighbour's nucleus at all (more than a fifth of their area), not only at IoU > 0.5.
     """
     done = [rows[i] for i in near if i in rows and rows[i][1] > rows[i][0]]
     if not polygons or not done:
         return polygons, probability
     old = np.concatenate([nuclei.polygons[a:b] for a, b in done])
-    copy = duplicates_of(np.asarray(polygons, dtype=object), old)
+    new = np.asarray(polygons, dtype=object)
+    copy = duplicates_of(new, old)
+    if band is not None and band.any():
+        copy[band] |= overlaps_any(new[band], old, 0.2)
     if copy.any():
         polygons = [p for p, c in zip(polygons, copy, strict=True) if not c]
         probability = np.asarray(probability)[~copy]
