@@ -219,10 +219,12 @@ class LoadedModel:
     device: torch.device
     source: str
     sha256: str
+    #: Parameters of the network as trained (before batch norm was folded for inference).
+    parameters: int = 0
 
     @property
     def parameter_count(self) -> int:
-        return self.net.parameter_count()
+        return self.parameters or self.net.parameter_count()
 
     def describe(self) -> str:
         c = self.config
@@ -331,18 +333,22 @@ def _apply_state_dict(net: HoverFastNet, state: dict[str, Any], name: str) -> No
 def build_model(
     state: dict[str, torch.Tensor], config: ModelConfig, *, device: str | torch.device = "auto", name: str = "state dict"
 ) -> LoadedModel:
-    """A network from a bare state dict and an explicit configuration, in eval mode on ``device``."""
+    """A network for inference from a state dict and its configuration: eval mode on ``device``, batch norm folded."""
     check_state(state, config, name)
     net = HoverFastNet(config)
     _apply_state_dict(net, state, name)
     dev = resolve_device(device)
     net = net.to(dev).eval()
+    parameters = net.parameter_count()
+    from .speed import fold_batch_norm
+
+    fold_batch_norm(net)  # inference only: the network is never trained or saved from here
     if dev.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
     # raw bytes (a bfloat16 tensor has no numpy form)
     digest = hashlib.sha256(b"".join(v.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
                                      for v in state.values())).hexdigest()
-    return LoadedModel(net=net, config=config, device=dev, source=name, sha256=digest)
+    return LoadedModel(net=net, config=config, device=dev, source=name, sha256=digest, parameters=parameters)
 
 
 def read_checkpoint(path: str | PathLike[str], *, config: ModelConfig | None = None) -> tuple[dict[str, Any], ModelConfig, dict[str, Any], str]:
@@ -391,7 +397,7 @@ def load_checkpoint(
     state, cfg, _, digest = read_checkpoint(path, config=config)
     loaded = build_model(state, cfg, device=device, name=Path(path).name)
     log.info("Loaded %s: %s", Path(path).name, loaded.describe())
-    return LoadedModel(net=loaded.net, config=cfg, device=loaded.device, source=str(path), sha256=digest)
+    return LoadedModel(net=loaded.net, config=cfg, device=loaded.device, source=str(path), sha256=digest, parameters=loaded.parameters)
 
 
 def save_checkpoint(

@@ -1,9 +1,9 @@
 """Batches of RGB tiles → nucleus probability and horizontal/vertical maps.
 
 Inference runs under ``torch.inference_mode`` with channels-last tensors. Precision follows the
-device: CUDA uses float16 autocast (as upstream), the CPU float32 by default (bit-for-bit comparable
-with the reference); ``precision="bf16"`` opts in to bfloat16 autocast on CPUs with BF16 units,
-about 2.5× faster here at a small cost in agreement.
+device (``resolve_precision``): CUDA uses float16 autocast (as upstream); the CPU bfloat16 autocast
+where it has bf16 units (about 2× faster, held-out PQ within 0.005 of float32) and float32
+elsewhere; ``precision="fp32"`` gives results comparable with the reference bit for bit.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from skimage.color import hed2rgb, rgb2hed
 
 from .model import LoadedModel
+from .speed import native_bf16, tune_malloc
 
 Stain = Literal["he", "ihc_dab"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -47,9 +48,26 @@ def prepare(tiles: np.ndarray, stain: Stain) -> np.ndarray:
     """uint8 N×H×W×3 → float32 N×H×W×3 in [0, 1], stain-adjusted (runs on the reading thread)."""
     if tiles.ndim != 4 or tiles.shape[-1] != 3:
         raise ValueError(f"Expected tiles N×H×W×3, got shape {tiles.shape}")
-    if stain == "ihc_dab":
-        return np.stack([haematoxylin_only(t) for t in tiles])
+    if stain == "ihc_dab":  # brown and pale blue nuclei both drawn as haematoxylin (core/ihc.py)
+        from .ihc import haematoxylin_like
+
+        return haematoxylin_like(tiles)
     return tiles.astype(np.float32) / np.float32(255.0)
+
+
+def resolve_precision(precision: Precision, device_type: str) -> str:
+    """``auto``: fp16 on CUDA (as upstream), bf16 on CPUs with native bf16 units, else fp32.
+
+    bf16 halves the CPU forward time on AVX512-BF16/AMX (``benchmarks/bench_precision.py`` prints the
+    time and the held-out PQ of both); emulated elsewhere, it would be slower than fp32.
+    """
+    if precision == "auto":
+        if device_type == "cuda":
+            return "fp16"
+        return "bf16" if device_type == "cpu" and native_bf16() else "fp32"
+    if precision == "fp16" and device_type == "cpu":
+        raise ValueError("fp16 inference needs a GPU; on the CPU use fp32 or bf16")
+    return precision
 
 
 class Predictor:
@@ -59,11 +77,9 @@ class Predictor:
         self.model = model
         self.options = options or PredictOptions()
         device = model.device
-        precision = self.options.precision
-        if precision == "auto":
-            precision = "fp16" if device.type == "cuda" else "fp32"
-        if precision == "fp16" and device.type == "cpu":
-            raise ValueError("fp16 inference needs a GPU; on the CPU use fp32 or bf16")
+        precision = resolve_precision(self.options.precision, device.type)
+        if device.type == "cpu":
+            tune_malloc()
         self.precision: str = precision  # resolved: what the cache key and the sidecar record
         self.dtype: torch.dtype | None = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
 
