@@ -27,15 +27,19 @@ from typing import Any, TypeVar
 
 import numpy as np
 import shapely
+import torch
 
 from .cache import TileCache, TileMaps, slide_fingerprint, tile_key
 from .focus import Focus
+from .ihc import IhcOptions
 from .model import LoadedModel
 from .nuclei import Nuclei
+from .speed import cpu_plan, usable_cores
 from .postprocess import PostprocessOptions
 from .predict import Precision, PredictOptions, Predictor, Stain
 from .limits import check_batch_pixels, check_batch_size, check_workers
-from .stages import Reader, TileWork, drop_seam_copies, neighbours, postprocess_tile, predict_batch
+from .measurements import stain_columns
+from .stages import Reader, TileNuclei, TileWork, drop_seam_copies, neighbours, postprocess_tile, predict_batch
 from .tiling import Box, TileSpec, TilingOptions, keep_boxes, order_by_distance, plan_tiles, post_window
 from .tissue import TissueMask, tiles_on_tissue
 from .worker_pool import start_worker_pool
@@ -67,6 +71,8 @@ class RunOptions:
     mask_threshold: float = 0.5
     workers: int | None = None
     read_ahead: int = 2
+    #: IHC positivity thresholds (``stain="ihc_dab"`` runs classify nuclei Negative/1+/2+/3+).
+    ihc: IhcOptions = field(default_factory=IhcOptions)
 
     def __post_init__(self) -> None:
         try:  # the ranges live in limits.py, shared with the command line
@@ -228,10 +234,9 @@ def _default_batch_size(model: LoadedModel, tile: int) -> int:
     return 1
 
 
-def _default_workers(n_tiles: int) -> int:
-    if n_tiles <= 1:
-        return 0
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
+def _default_workers(n_tiles: int, device_type: str) -> int:
+    """Post-processing worker processes for a run of ``n_tiles`` (``speed.cpu_plan``): none for one tile."""
+    return 0 if n_tiles <= 1 else cpu_plan(usable_cores(), device_type)[1]
 
 
 def segment_slide(
@@ -276,8 +281,9 @@ def segment_slide(
     post = options.postprocess(geometry.work_mpp)
     predictor = Predictor(model, PredictOptions(stain=options.stain, precision=options.precision))
     batch_size = options.batch_size or _default_batch_size(model, options.tiling.tile)
-    workers = _default_workers(len(tiles)) if options.workers is None else options.workers
-    nuclei = Nuclei(mpp=geometry.mpp)
+    workers = _default_workers(len(tiles), model.device.type) if options.workers is None else options.workers
+    nuclei = Nuclei(mpp=geometry.mpp, ihc=options.ihc if options.stain == "ihc_dab" else None,
+                    extra_columns=stain_columns(options.stain))
     result = RunResult(
         nuclei=nuclei, tiles=tiles, tiles_done=[], work_mpp=geometry.work_mpp, scale=geometry.scale,
         parameters={
@@ -297,7 +303,7 @@ def segment_slide(
         earlier = tuple(b for b in region_boxes[: spec.region] if b.intersects(spec.owned))
         window = post_window(spec, options.tiling, work_bounds)
         works[spec.index] = TileWork(spec=spec, window=window, scale=geometry.scale, post=post, exclude=earlier, bounds=bounds,
-                                     keep=keep[spec.index])
+                                     keep=keep[spec.index], stain=options.stain)
     keys: dict[int, str] = {}  # tile -> cache key: everything its maps depend on
     if cache is not None:
         parts = {
@@ -311,12 +317,12 @@ def segment_slide(
     if options.workers is None and cached and len(cached) * 2 >= len(tiles):
         # Mostly cached (a resume or a re-threshold): post-processing is all the work. Threads
         # share it at no start-up cost (1.6× on 2 cores; a process pool takes seconds to start).
-        workers = os.cpu_count() or 2
+        workers = usable_cores()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hoverfast-post")
     elif workers > 0:
         pool = start_worker_pool(workers)  # started with Ctrl-C blocked: no worker traceback
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoverfast-cache") if cache is not None else None
-    pending: deque[tuple[TileSpec, Future[Any] | tuple[list[Any], np.ndarray], TileMaps]] = deque()
+    pending: deque[tuple[TileSpec, Future[Any] | TileNuclei, TileMaps]] = deque()
     timings = {"read": 0.0, "forward": 0.0, "postprocess": 0.0, "cache_read": 0.0}
     near = neighbours(tiles)
     rows: dict[int, tuple[int, int]] = {}  # tile -> its nuclei's rows in the container
@@ -325,7 +331,7 @@ def segment_slide(
 
     broken: list[bool] = []  # the process pool could not run (workers failed to start)
 
-    def in_process(spec: TileSpec, maps: TileMaps) -> tuple[list[Any], np.ndarray]:
+    def in_process(spec: TileSpec, maps: TileMaps) -> TileNuclei:
         t1 = time.perf_counter()
         out = postprocess_tile(maps, works[spec.index])
         timings["postprocess"] += time.perf_counter() - t1
@@ -339,7 +345,7 @@ def segment_slide(
 
     def finish(spec: TileSpec, outcome: Any, maps: TileMaps) -> Generator[Progress | NucleusBatch, None, None]:
         try:
-            polygons, probability = outcome.result() if isinstance(outcome, Future) else outcome
+            found = outcome.result() if isinstance(outcome, Future) else outcome
         except BrokenProcessPool:
             if not broken:
                 broken.append(True)
@@ -347,10 +353,10 @@ def segment_slide(
                     "Post-processing worker processes could not run (a script calling napari-hoverfast needs "
                     "`if __name__ == \"__main__\":`); post-processing in this process instead"
                 )
-            polygons, probability = in_process(spec, maps)
-        polygons, probability = drop_seam_copies(nuclei, rows, near[spec.index], polygons, probability, _in_band(polygons, spec, geometry.scale))
+            found = in_process(spec, maps)
+        found = drop_seam_copies(nuclei, rows, near[spec.index], found, _in_band(found.polygons, spec, geometry.scale))
         start = len(nuclei)
-        batch = nuclei.append(polygons, probability, spec.index)
+        batch = nuclei.append(found.polygons, found.probability, spec.index, measurements=found.measurements)
         rows[spec.index] = (start, len(nuclei))
         result.tiles_done.append(spec.index)
         if len(batch):
@@ -364,6 +370,9 @@ def segment_slide(
     def cancelled() -> bool:
         return cancel is not None and cancel.is_set()
 
+    threads = torch.get_num_threads()
+    if model.device.type == "cpu" and isinstance(pool, ProcessPoolExecutor):
+        torch.set_num_threads(max(1, min(threads, usable_cores() - workers)))  # the workers' cores are theirs
     try:
         yield Progress(0, len(tiles), 0, 0.0)  # inside: a run closed here still shuts its pools down
         to_predict = tiles
@@ -392,13 +401,13 @@ def segment_slide(
             reader = Reader(slide, _batches(to_predict, batch_size), geometry.scale, geometry.work_mpp, options.stain, options.read_ahead,
                             focus=focus)
             reader.start()
-            for batch_specs, images in reader.items():
+            for batch_specs, images, pixels in reader.items():
                 if cancelled():
                     result.cancelled = True
                     break
                 t0 = time.perf_counter()
                 windows = [works[spec.index].window for spec in batch_specs]
-                maps_list = predict_batch(predictor, images, batch_specs, windows)
+                maps_list = predict_batch(predictor, images, batch_specs, windows, pixels)
                 timings["forward"] += time.perf_counter() - t0
                 for spec, maps in zip(batch_specs, maps_list, strict=True):
                     if writer is not None and cache is not None:
@@ -428,6 +437,7 @@ def segment_slide(
             pool.shutdown(wait=False, cancel_futures=True)
         if writer is not None:
             writer.shutdown(wait=True)  # every predicted tile reaches the cache: the next run resumes
+        torch.set_num_threads(threads)
         result.timings = timings
         result.seconds = time.perf_counter() - started
     return result
