@@ -147,14 +147,24 @@ def test_cli_init_default_fine_tunes_the_embedded_model(two_tiles: Path, tmp_pat
     assert rc == 0 and load_checkpoint(out, device="cpu").config.wf == 4
 
 
-def test_output_is_checked_first_and_divergence_stops_with_an_error(two_tiles: Path, tmp_path: Path) -> None:
+def test_output_is_checked_first_and_divergence_stops_with_an_error(two_tiles: Path, tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(OSError, match="does not exist"):
         train(TrainOptions(data=(two_tiles,), output=tmp_path / "missing" / "m.pth", config=SMALL, steps=1, device="cpu"))
     (tmp_path / "a-folder.pth").mkdir()
     with pytest.raises(OSError, match="it is a folder"):
         train(TrainOptions(data=(two_tiles,), output=tmp_path / "a-folder.pth", config=SMALL, steps=1, device="cpu"))
     out = tmp_path / "diverged.pth"
-    with pytest.raises(FloatingPointError, match="diverged"):
+    import napari_hoverfast.core.train as train_module
+
+    real_loss, calls = train_module.hover_loss, []
+
+    def diverging(*args):  # the loss a far too high learning rate ends in, at the third step
+        loss, parts = real_loss(*args)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) >= 3 else loss), parts
+
+    monkeypatch.setattr(train_module, "hover_loss", diverging)
+    with pytest.raises(FloatingPointError, match="diverged at step 3"):
         train(TrainOptions(data=(two_tiles,), output=out, config=SMALL, steps=50, batch_size=2, patch_size=64,
-                           learning_rate=1e12, eval_every=100, device="cpu"))
+                           eval_every=100, device="cpu"))
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary checkpoint left behind

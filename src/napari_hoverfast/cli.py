@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
+
+from .core import limits
 
 log = logging.getLogger("napari_hoverfast")
 
@@ -20,42 +24,80 @@ class CliError(ValueError):
     """An error to report as one line, exit status 2."""
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other refusal of the command line (exit status 2);
+    the usage block is what ``--help`` is for."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _positive_float(text: str) -> float:
+def _finite(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not math.isfinite(value):
+        raise ValueError(text)
     return value
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
-    return value
+def _rule(parse: Callable[[str], Any], check: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """An argument type: ``parse`` the text, then apply ``check``, the rule the Python API applies
+    to the same option (``core/limits.py``), so both refuse the same values in the same words."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            kind = "a whole number" if parse is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        try:
+            result = check(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value if result is None else result
+
+    return convert
 
 
+def _at_least(low: float) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not value >= low:
+            raise ValueError(f"must be at least {low:g}, got {value:g}")
+        return value
+
+    return check
+
+
+def _above(low: float) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not value > low:
+            raise ValueError(f"must be above {low:g}, got {value:g}")
+        return value
+
+    return check
+
+
+_positive_int = _rule(int, _at_least(1))
+_positive_float = _rule(_finite, _above(0))
+_non_negative_float = _rule(_finite, _at_least(0))
 positive_int = _positive_int
+cluster_workers = _rule(int, limits.check_cluster_workers)
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options of a slide's run, shared by ``segment`` and ``cohort``."""
     parser.add_argument("--model", type=Path, default=None, help="HoverFast weights (.pth or .safetensors); default: the embedded model")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    parser.add_argument("--batch-size", type=_positive_int, default=None, help="tiles per forward pass")
-    parser.add_argument("--tile-size", type=_positive_int, default=2048, metavar="PX", help="network input tile, px (2048)")
-    parser.add_argument("--stain", choices=("he", "ihc_dab"), default="he", help="he, or ihc_dab (haematoxylin only)")
+    parser.add_argument("--batch-size", type=_rule(int, limits.check_batch_size), default=None, help="tiles per forward pass")
+    parser.add_argument("--tile-size", type=_rule(int, limits.check_tile_size), default=2048, metavar="PX", help="network input tile, px (2048)")
+    parser.add_argument("--stain", choices=("he", "ihc_dab"), default="he",
+                        help="he, or ihc_dab (DAB and haematoxylin nuclei found; Negative/1+/2+/3+ scored)")
+    parser.add_argument("--ihc-thresholds", type=_finite, nargs=3, default=None, metavar=("T1", "T2", "T3"),
+                        help="with --stain ihc_dab: DAB OD mean of 1+, 2+, 3+ (QuPath's 0.2 0.4 0.6)")
     parser.add_argument("--mpp", type=_positive_float, default=None, help="µm per pixel when the file does not say")
-    parser.add_argument("--min-area", type=_non_negative_float, default=5.0, metavar="UM2", help="smallest nucleus, µm² (5)")
-    parser.add_argument("--max-area", type=_positive_float, default=None, metavar="UM2", help="largest nucleus, µm² (none)")
-    parser.add_argument("--prob-threshold", type=float, default=0.5, help="nucleus probability threshold (0.5)")
-    parser.add_argument("--marker-threshold", type=float, default=0.4, help="watershed marker threshold on the edge energy (0.4)")
+    parser.add_argument("--min-area", type=_rule(_finite, limits.check_min_area), default=5.0, metavar="UM2", help="smallest nucleus, µm² (5)")
+    parser.add_argument("--max-area", type=_rule(_finite, limits.check_max_area), default=None, metavar="UM2", help="largest nucleus, µm² (none)")
+    parser.add_argument("--prob-threshold", type=_rule(_finite, _above(0)), default=0.5, help="nucleus probability threshold (0.5)")
+    parser.add_argument("--marker-threshold", type=_rule(_finite, _above(0)), default=0.4, help="watershed marker threshold on the edge energy (0.4)")
     parser.add_argument("--simplify", type=_non_negative_float, default=6.0,
                         help="outline simplification, upstream's units (6; 0 keeps pixel outlines)")
     parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
@@ -63,7 +105,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-hoverfast", description="HoverFast nuclei segmentation, headless.")
+    parser = _Parser(prog="napari-hoverfast", description="HoverFast nuclei segmentation, headless.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -73,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="region in level-0 pixels")
     seg.add_argument("--tissue-mask", type=Path, default=None, help="binary tissue mask image (any scale) for whole-slide runs")
     seg.add_argument("--csv", type=Path, default=None, help="also write per-nucleus measurements as CSV")
-    seg.add_argument("--workers", type=int, default=None, help="post-processing processes (default: CPU count)")
+    seg.add_argument("--workers", type=_rule(int, limits.check_workers), default=None,
+                     help="post-processing processes (0: in this process; default: half the CPUs, at most 4)")
     add_run_options(seg)
 
     from .cli_cohort import add_parser as add_cohort
@@ -88,17 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("data", type=Path, nargs="+", help="folders with images/ and masks/ (or NAME.geojson)")
     tr.add_argument("-o", "--output", type=Path, required=True, help="checkpoint to write (upstream format)")
     tr.add_argument("--steps", type=_positive_int, default=2000)
-    tr.add_argument("--batch-size", type=_positive_int, default=8)
-    tr.add_argument("--patch-size", type=_positive_int, default=256)
-    tr.add_argument("--lr", type=_positive_float, default=1e-3)
-    tr.add_argument("--depth", type=_positive_int, default=3)
-    tr.add_argument("--wf", type=int, default=4)
+    tr.add_argument("--batch-size", type=_rule(int, limits.check_batch_size), default=8)
+    tr.add_argument("--patch-size", type=_rule(int, limits.check_patch_size), default=256,
+                    help="px a side; a multiple of 2**(depth - 1) (256)")
+    tr.add_argument("--lr", type=_rule(_finite, limits.check_learning_rate), default=1e-3)
+    tr.add_argument("--depth", type=_rule(int, limits.check_depth), default=3)
+    tr.add_argument("--wf", type=_rule(int, limits.check_wf), default=4, help="2**wf channels at the top level (4)")
     tr.add_argument("--conv-block", choices=("msunet", "unet"), default="msunet")
     tr.add_argument("--up-mode", choices=("upconv", "upsample"), default="upconv")
     tr.add_argument("--val", nargs="*", default=(), metavar="NAME", help="tile names used for validation")
     tr.add_argument("--exclude", nargs="*", default=(), metavar="NAME", help="tile names never used (held out)")
     tr.add_argument("--eval-every", type=_positive_int, default=100)
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=_rule(int, _at_least(0)), default=0)
     tr.add_argument("--device", default="auto")
     tr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     tr.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint written by train")
@@ -126,7 +170,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .core.model import ModelConfig
     from .core.train import TrainOptions, train
 
-    options = TrainOptions(
+    options = TrainOptions(  # its own checks (patch size against depth, batch pixels) before any work
         data=tuple(args.data),
         output=args.output,
         config=ModelConfig(depth=args.depth, wf=args.wf, conv_block=args.conv_block, up_mode=args.up_mode),

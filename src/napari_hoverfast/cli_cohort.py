@@ -19,7 +19,7 @@ def add_parser(sub: Any, common: Any) -> None:
     co.add_argument("inputs", nargs="+", help="slide paths, globs ('slides/*.svs') or a CSV manifest (path[, mpp, tissue_mask, roi])")
     co.add_argument("-o", "--outdir", type=Path, required=True, help="folder for each slide's GeoJSON, CSV, run.json and cohort.csv")
     co.add_argument("--scheduler", default=None, metavar="ADDRESS", help="an existing dask scheduler (default: a LocalCluster here)")
-    co.add_argument("--workers", type=common.positive_int, default=None,
+    co.add_argument("--workers", type=common.cluster_workers, default=None,
                     help="LocalCluster worker processes (default: one per GPU, else one per 4 cores, at least 1)")
     co.add_argument("--format", choices=(".geojson.gz", ".geojson"), default=".geojson.gz", help="GeoJSON output (.geojson.gz)")
     co.add_argument("--no-csv", action="store_true", help="do not write the per-nucleus CSV")

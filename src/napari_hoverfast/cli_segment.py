@@ -7,17 +7,24 @@ import sys
 
 from .cli import CliError, interrupted_status
 
+#: Runs estimated to take longer than this (seconds) are announced before they start.
+LARGE_RUN_SECONDS = 3600.0
+
 
 def run_options(args: argparse.Namespace, *, workers: int | None = None):  # type: ignore[no-untyped-def]
     """The run options the command line gives (shared by ``segment`` and ``cohort``)."""
+    from .core.ihc import IhcOptions
     from .core.pipeline import RunOptions
     from .core.tiling import TilingOptions
 
     try:
+        if args.ihc_thresholds is not None and args.stain != "ihc_dab":
+            raise ValueError("--ihc-thresholds score IHC runs: give --stain ihc_dab too")
+        ihc = IhcOptions(tuple(args.ihc_thresholds)) if args.ihc_thresholds is not None else IhcOptions()
         return RunOptions(
             tiling=TilingOptions(tile=args.tile_size), batch_size=args.batch_size, stain=args.stain,
             min_area_um2=args.min_area, max_area_um2=args.max_area, simplify=args.simplify,
-            mask_threshold=args.prob_threshold, marker_threshold=args.marker_threshold, workers=workers,
+            mask_threshold=args.prob_threshold, marker_threshold=args.marker_threshold, workers=workers, ihc=ihc,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -45,6 +52,26 @@ def build_job(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return job
 
 
+def announce_large_run(job, tiles: int) -> None:  # type: ignore[no-untyped-def]
+    """One line on stderr before a run far larger than usual (a wrong --mpp or --roi, or a whole
+    slide on a CPU), with its estimated duration; the run goes on."""
+    import os
+
+    import torch
+
+    from .core.job import cached_model, estimate_seconds
+
+    device = cached_model(job.model, job.device).device.type  # loaded already: the run has started
+    workers = job.options.workers if job.options.workers is not None else min(4, (os.cpu_count() or 2) // 2)
+    tile = job.options.tiling.tile
+    seconds = estimate_seconds(tiles, tile, device, workers=workers, threads=torch.get_num_threads())
+    if seconds > LARGE_RUN_SECONDS:
+        hours = seconds / 3600
+        took = f"{hours / 24:,.1f} days" if hours >= 48 else f"{hours:,.1f} hours"
+        print(f"napari-hoverfast: a large run: {tiles:,} tiles of {tile} px, about {took} on this {device} "
+              "(an estimate); it goes on, and Ctrl-C stops it keeping the nuclei found so far", file=sys.stderr)
+
+
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -54,6 +81,8 @@ def run_segment(args: argparse.Namespace) -> int:
     job = build_job(args)
     run = run_slide_job(job)
     first = next(run)  # opens the slide and plans the run: bad input fails here, before the bar
+    if isinstance(first, Progress):
+        announce_large_run(job, first.tiles_total)
     with tqdm(total=first.tiles_total if isinstance(first, Progress) else 0, unit="tile", dynamic_ncols=True, file=sys.stderr) as bar:
         while True:
             try:
@@ -71,8 +100,13 @@ def run_segment(args: argparse.Namespace) -> int:
                 bar.refresh()
     result = done.run
     cached = f" ({result.tiles_cached} from the cache)" if result.tiles_cached else ""
+    ihc = ""
+    if result.nuclei.ihc is not None:  # IHC runs: QuPath's positivity summary in the same line
+        from .core.ihc import summarize
+
+        ihc = f"; IHC {summarize(result.nuclei).line()}"
     summary = (
-        f"{len(result.nuclei)} nuclei in {len(result.tiles_done)}/{len(result.tiles)} tiles{cached}, "
+        f"{len(result.nuclei)} nuclei in {len(result.tiles_done)}/{len(result.tiles)} tiles{cached}{ihc}, "
         f"{result.seconds:.1f} s; wrote {', '.join(str(p) for p in done.written)}"
     )
     print(summary)

@@ -20,6 +20,7 @@ from scipy import ndimage
 from shapely.geometry import Polygon
 from skimage.segmentation import watershed
 
+from .limits import check_areas
 from .polygons import labels_to_polygons
 
 if TYPE_CHECKING:
@@ -79,10 +80,7 @@ class PostprocessOptions:
     def __post_init__(self) -> None:
         if not self.mpp > 0:
             raise ValueError(f"mpp must be positive, got {self.mpp}")
-        if self.min_area_um2 < 0:
-            raise ValueError(f"min_area_um2 must be >= 0, got {self.min_area_um2}")
-        if self.max_area_um2 is not None and not self.max_area_um2 > self.min_area_um2:
-            raise ValueError(f"max_area_um2 must be above min_area_um2 ({self.min_area_um2}), got {self.max_area_um2}")
+        check_areas(self.min_area_um2, self.max_area_um2)
         if self.simplify < 0:
             raise ValueError(f"simplify must be >= 0, got {self.simplify}")
         if not 0 < self.mask_threshold < 1:

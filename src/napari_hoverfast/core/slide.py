@@ -7,7 +7,8 @@ through Pillow into memory. Coordinates are level-0 pixels, x right and y down; 
 ``None`` when the file has none: it is never guessed.
 
 Reads are safe from several threads at once: tiffslide keeps one zarr store per thread and tifffile
-serialises the file reads, so tiles decode in parallel.
+serialises the file reads, so tiles decode in parallel. The file formats (and the rules that keep a
+hostile file bounded) live in ``slide_formats.py``, the resampling in ``resample.py``.
 """
 
 from __future__ import annotations
@@ -21,42 +22,25 @@ from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
-from xml.etree import ElementTree
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .resample import EPS, Axis, resample
+from .slide_formats import PLAUSIBLE_MPP, SlideError, open_file
 
 if TYPE_CHECKING:
     import dask.array as da
     import numpy.typing as npt
 
-__all__ = ["WORK_MPP", "Slide", "SlideError", "working_factor"]
+__all__ = ["WORK_MPP", "Slide", "SlideError", "check_mpp", "working_factor"]
 
 log = logging.getLogger(__name__)
 
 #: µm per pixel of HoverFast's 40× working resolution (the reference its models are trained at).
 WORK_MPP = 0.2425
 
-#: Pixel sizes (µm) a microscope scan can have; resolution tags outside this range are a DPI default
-#: written by an image editor (72 dpi is 353 µm/px), not a measurement, and are ignored.
-_PLAUSIBLE_MPP = (0.01, 50.0)
-
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_UNSUPPORTED = {
-    ".mrxs": "3DHISTECH MIRAX (.mrxs)",
-    ".vsi": "Olympus VSI",
-    ".czi": "Zeiss CZI",
-    ".dcm": "DICOM",
-    ".isyntax": "Philips iSyntax",
-}
 _MULTI_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.tf2", ".ome.tf8", ".ome.btf")
-_PLAIN_TILE = 1024  # dask chunk size for images held in memory
-_MAX_IN_MEMORY = 1 << 30  # samples: the largest unusual TIFF read whole into memory
-_EPS = 1e-6
-
-
-class SlideError(ValueError):
-    """A file that is not a readable slide, or a request the slide cannot answer; the message says which."""
 
 
 def working_factor(mpp: float) -> float:
@@ -68,39 +52,6 @@ def working_factor(mpp: float) -> float:
     if not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
         raise SlideError(f"mpp must be a positive number of µm per pixel, got {mpp!r}")
     return float(2.0 ** round(math.log2(mpp / WORK_MPP)))
-
-
-# --- backends --------------------------------------------------------------------------------------
-
-
-class _Backend(Protocol):
-    """Pixel access by level; ``read`` takes a box inside the level and returns RGB uint8."""
-
-    level_dimensions: tuple[tuple[int, int], ...]
-
-    def tile_shape(self, level: int) -> tuple[int, int]: ...
-
-    def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> npt.NDArray[np.uint8]: ...
-
-    def close(self) -> None: ...
-
-
-def _to_rgb(arr: np.ndarray) -> npt.NDArray[np.uint8]:
-    """H×W, H×W×1, ×2 (grey + alpha), ×3 or ×4 (alpha dropped), uint8 or uint16 → H×W×3 uint8."""
-    if arr.dtype == np.uint16:
-        arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    elif arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype != np.uint8:
-        raise SlideError(f"unsupported pixel type {arr.dtype} (8- or 16-bit brightfield images only)")
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    channels = arr.shape[2]
-    if channels in (1, 2):
-        return np.repeat(arr[:, :, :1], 3, axis=2)
-    if channels == 3:
-        return arr
-    return np.ascontiguousarray(arr[:, :, :3])
 
 
 def check_mpp(mpp: Any) -> float | None:
@@ -115,222 +66,10 @@ def check_mpp(mpp: Any) -> float | None:
     if isinstance(mpp, bool) or not isinstance(mpp, (int, float, np.integer, np.floating)):
         raise SlideError(f"mpp must be a number of µm per pixel, got {mpp!r}")
     value = float(mpp)
-    lo, hi = _PLAUSIBLE_MPP
+    lo, hi = PLAUSIBLE_MPP
     if not math.isfinite(value) or not lo <= value <= hi:
         raise SlideError(f"mpp {mpp!r} µm per pixel is not a microscope pixel size (expected {lo} to {hi})")
     return value
-
-
-def _plausible_mpp(value: Any, source: str, name: str) -> float | None:
-    try:
-        mpp = float(value)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(mpp) or mpp <= 0:
-        return None
-    lo, hi = _PLAUSIBLE_MPP
-    if not lo <= mpp <= hi:
-        log.info("%s: ignoring %s of %.4g µm/px (not a microscope pixel size)", name, source, mpp)
-        return None
-    return mpp
-
-
-class _TiffBackend:
-    """Pixels through tiffslide; per-thread zarr arrays, cached by level."""
-
-    def __init__(self, path: Path) -> None:
-        from tiffslide import TiffSlide
-
-        self._ts = TiffSlide(path)
-        try:
-            props = self._ts.properties
-            self.properties: dict[str, Any] = props
-            self.axes: str = props["tiffslide.series-axes"]
-            self.level_dimensions: tuple[tuple[int, int], ...] = tuple(
-                (int(w), int(h)) for w, h in self._ts.level_dimensions
-            )
-            self._composite = bool(props.get("tiffslide.series-composition"))
-            self._tiles = tuple(
-                (
-                    int(props.get(f"tiffslide.level[{lvl}].tile-height") or 0),
-                    int(props.get(f"tiffslide.level[{lvl}].tile-width") or 0),
-                )
-                for lvl in range(len(self.level_dimensions))
-            )
-            self._check_channels()
-            self._check_complete(path)
-        except BaseException:
-            self._ts.close()
-            raise
-        self._local = threading.local()
-
-    @property
-    def tifffile(self) -> Any:
-        return self._ts.ts_tifffile
-
-    def _series(self) -> Any:
-        return self.tifffile.series[self.properties.get("tiffslide.series-index") or 0]
-
-    def _check_channels(self) -> None:
-        series = self._series()
-        dtype = np.dtype(series.dtype)
-        if dtype not in (np.uint8, np.uint16, np.bool_):
-            raise SlideError(f"unsupported pixel type {dtype} (8- or 16-bit brightfield images only)")
-        shape = series.shape
-        # interleaved samples are grey, grey + alpha, RGB or RGBA; separate planes must be RGB
-        ok = {"YXS": shape[-1] in (1, 2, 3, 4), "CYX": shape[0] in (1, 3), "YX": True}
-        if not ok.get(self.axes, False):
-            raise SlideError(
-                f"is not a 2-D RGB slide: its image has axes {self.axes} and shape {tuple(shape)}"
-            )
-
-    def _check_complete(self, path: Path) -> None:
-        """A truncated file opens (its IFDs come first) but its last tiles point past the end."""
-        if self._composite:
-            return
-        size = path.stat().st_size
-        for level in self._series().levels:
-            page = level.keyframe
-            offsets = np.asarray(page.dataoffsets, dtype=np.int64)
-            counts = np.asarray(page.databytecounts, dtype=np.int64)
-            if offsets.size and int((offsets + counts).max()) > size:
-                raise SlideError(
-                    "the file is truncated: its image data needs "
-                    f"{int((offsets + counts).max()):,} bytes but the file has {size:,}"
-                )
-
-    def tile_shape(self, level: int) -> tuple[int, int]:
-        th, tw = self._tiles[level]
-        if th and tw:
-            return th, tw
-        if not self._composite:
-            chunks = self._array(level).chunks
-            return (chunks[1], chunks[2]) if self.axes == "CYX" else (chunks[0], chunks[1])
-        return _PLAIN_TILE, _PLAIN_TILE
-
-    def _array(self, level: int) -> Any:
-        cache: dict[int, Any] | None = getattr(self._local, "arrays", None)
-        if cache is None:
-            cache = self._local.arrays = {}
-        try:
-            return cache[level]
-        except KeyError:
-            arr = cache[level] = self._ts.zarr_group[str(level)]
-            return arr
-
-    def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> npt.NDArray[np.uint8]:
-        if self._composite:
-            ds = self._ts.level_downsamples[level]
-            loc = (math.ceil(x0 * ds - _EPS), math.ceil(y0 * ds - _EPS))
-            arr = self._ts.read_region(loc, level, (x1 - x0, y1 - y0), as_array=True, padding=True)
-            return _to_rgb(np.asarray(arr))
-        zarr_array = self._array(level)
-        if self.axes == "CYX":
-            return _to_rgb(np.moveaxis(zarr_array[:, y0:y1, x0:x1], 0, -1))
-        return _to_rgb(np.asarray(zarr_array[y0:y1, x0:x1]))
-
-    def close(self) -> None:
-        self._ts.close()
-
-
-class _ArrayBackend:
-    """A picture held in memory as one RGB level."""
-
-    def __init__(self, rgb: npt.NDArray[np.uint8]) -> None:
-        self._rgb = rgb
-        self.level_dimensions: tuple[tuple[int, int], ...] = ((int(rgb.shape[1]), int(rgb.shape[0])),)
-
-    def tile_shape(self, level: int) -> tuple[int, int]:
-        return _PLAIN_TILE, _PLAIN_TILE
-
-    def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> npt.NDArray[np.uint8]:
-        return self._rgb[y0:y1, x0:x1].copy()  # never a view: callers may write into what they get
-
-    def close(self) -> None:
-        pass
-
-
-def _read_picture(path: Path, head: bytes) -> tuple[npt.NDArray[np.uint8], float | None]:
-    """PNG, JPEG and other non-TIFF pictures via Pillow; mpp from PNG pHYs or JPEG density."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            dpi = im.info.get("dpi")
-            if im.mode in ("I;16", "I;16B", "I;16L"):
-                rgb = _to_rgb(np.asarray(im).astype(np.uint16))
-            elif im.mode in ("I", "F"):
-                raise SlideError(f"{path.name}: unsupported {im.mode} image (8- or 16-bit only)")
-            else:
-                rgb = np.asarray(im.convert("RGB"))
-    except UnidentifiedImageError:
-        kind = _UNSUPPORTED.get(path.suffix.lower())
-        if kind:
-            raise SlideError(
-                f"{path.name}: {kind} files cannot be read here (tiffslide reads TIFF-based "
-                "formats); convert it to a pyramidal OME-TIFF, e.g. with QuPath or bfconvert"
-            ) from None
-        raise SlideError(
-            f"{path.name} is neither a slide nor an image that tiffslide or Pillow can read "
-            f"(it starts with {head[:8]!r})"
-        ) from None
-    except Image.DecompressionBombError as exc:
-        raise SlideError(
-            f"{path.name} is too large to read into memory as a plain image ({exc}); "
-            "convert it to a tiled pyramidal TIFF"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, SlideError):
-            raise
-        raise SlideError(f"{path.name} cannot be decoded; is it truncated or corrupt? ({exc})") from None
-    mpp = None
-    if dpi and dpi[0]:
-        mpp = _plausible_mpp(25400.0 / float(dpi[0]), "the image resolution", path.name)
-    return rgb, mpp
-
-
-def _read_tiff_plainly(path: Path, reason: BaseException) -> npt.NDArray[np.uint8]:
-    """A TIFF tiffslide declines (an unusual layout): read it whole if it is one 2-D image."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tf:
-            series = tf.series[0]
-            shape, axes = series.shape, series.axes
-            if not (len(shape) == 2 or (len(shape) == 3 and axes.endswith("S") and shape[2] <= 4)):
-                raise SlideError(
-                    f"{path.name} is not a 2-D RGB slide: its image has axes {axes} and shape {shape}"
-                ) from reason
-            if series.size > _MAX_IN_MEMORY:
-                raise SlideError(
-                    f"{path.name} has an image layout tiffslide does not read ({reason}) and is too large "
-                    f"({shape[1]} × {shape[0]} px) to read into memory; convert it to a tiled pyramidal TIFF"
-                ) from reason
-            return _to_rgb(series.asarray())
-    except SlideError:
-        raise
-    except Exception as exc:
-        raise SlideError(f"{path.name}: a TIFF that cannot be read ({exc})") from reason
-
-
-def _ome_pixel_size(xml: str) -> tuple[float | None, float | None]:
-    """``PhysicalSizeX`` in µm and the objective's nominal magnification from OME-XML."""
-    to_um = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "nm": 1e-3, "Å": 1e-4}
-    try:
-        root = ElementTree.fromstring(xml)  # noqa: S314 - metadata of a local file
-    except ElementTree.ParseError:
-        return None, None
-    mpp = magnification = None
-    for element in root.iter():
-        tag = element.tag.rsplit("}", 1)[-1]
-        if tag == "Pixels" and mpp is None and "PhysicalSizeX" in element.attrib:
-            unit = element.attrib.get("PhysicalSizeXUnit", "µm")
-            if unit in to_um:
-                mpp = float(element.attrib["PhysicalSizeX"]) * to_um[unit]
-        elif tag == "Objective" and magnification is None:
-            value = element.attrib.get("NominalMagnification")
-            magnification = float(value) if value else None
-    return mpp, magnification
 
 
 def _snap_downsample(full: int, level: int) -> float:
@@ -382,19 +121,13 @@ class Slide:
         self._path = Path(path)
         self._lock = threading.Lock()
         self._closed = False
-        self._properties: dict[str, Any] = {}
-        self._vendor = "image"
-        self._objective: float | None = None
-        file_mpp: float | None = None
         mpp = check_mpp(mpp)
-
-        head = self._check_file()
-        if head[:4] in _TIFF_MAGIC:
-            self._backend, file_mpp = self._open_tiff()
-        else:
-            rgb, file_mpp = _read_picture(self._path, head)
-            self._backend = _ArrayBackend(rgb)
-        self._mpp: float | None = float(mpp) if mpp is not None else file_mpp
+        opened = open_file(self._path, self._check_file())
+        self._backend = opened.backend
+        self._properties: dict[str, Any] = opened.properties
+        self._vendor = opened.vendor
+        self._objective = opened.objective
+        self._mpp: float | None = mpp if mpp is not None else opened.mpp
         self._scales = tuple(
             (_snap_downsample(self.dimensions[0], w), _snap_downsample(self.dimensions[1], h))
             for w, h in self._backend.level_dimensions
@@ -413,54 +146,6 @@ class Slide:
             raise SlideError(f"{path.name} is empty (0 bytes)")
         with path.open("rb") as fh:
             return fh.read(16)
-
-    def _open_tiff(self) -> tuple[_Backend, float | None]:
-        from tifffile import TiffFileError
-
-        name = self._path.name
-        try:
-            backend = _TiffBackend(self._path)
-        except SlideError as exc:
-            raise SlideError(f"{name}: {exc}") from None
-        except NotImplementedError as exc:
-            return _ArrayBackend(_read_tiff_plainly(self._path, exc)), self._tiff_tags_mpp()
-        except (TiffFileError, ValueError, KeyError, IndexError, OSError, AssertionError) as exc:
-            raise SlideError(
-                f"{name} starts like a TIFF but cannot be read; is it truncated or corrupt? ({exc})"
-            ) from None
-
-        props = backend.properties
-        self._properties = props
-        tf = backend.tifffile
-        self._vendor = str(props.get("tiffslide.vendor") or ("ome" if tf.is_ome else "generic-tiff"))
-        mpp_x = _plausible_mpp(props.get("tiffslide.mpp-x"), "the slide's pixel size", name)
-        mpp_y = _plausible_mpp(props.get("tiffslide.mpp-y"), "the slide's pixel size", name)
-        mpp = mpp_x if mpp_y is None else mpp_y if mpp_x is None else (mpp_x + mpp_y) / 2
-        if mpp_x and mpp_y and mpp and abs(mpp_x - mpp_y) > 0.01 * mpp:
-            log.warning("%s has non-square pixels (%.4g × %.4g µm); using %.4g", name, mpp_x, mpp_y, mpp)
-        objective = _plausible_objective(props.get("tiffslide.objective-power"))
-        if tf.is_ome and tf.ome_metadata:
-            ome_mpp, ome_mag = _ome_pixel_size(tf.ome_metadata)
-            ome_mpp = _plausible_mpp(ome_mpp, "the OME pixel size", name)
-            mpp = ome_mpp if ome_mpp is not None else mpp
-            objective = objective if objective is not None else _plausible_objective(ome_mag)
-        self._objective = objective
-        return backend, mpp
-
-    def _tiff_tags_mpp(self) -> float | None:
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(self._path) as tf:
-                tags = tf.pages.first.tags
-                unit = tags["ResolutionUnit"].value
-                xres = tags["XResolution"].value
-        except Exception:
-            return None
-        scale = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}.get(int(unit))
-        if scale is None or not xres[0]:
-            return None
-        return _plausible_mpp(scale * xres[1] / xres[0], "the TIFF resolution", self._path.name)
 
     # -- context manager ----------------------------------------------------------------------------
 
@@ -577,7 +262,7 @@ class Slide:
         """The smallest level whose downsample is at most ``downsample`` (level 0 below 1)."""
         best = 0
         for level, ds in enumerate(self.level_downsamples):
-            if ds <= downsample * (1 + _EPS):
+            if ds <= downsample * (1 + EPS):
                 best = level
         return best
 
@@ -640,11 +325,11 @@ class Slide:
         # Output pixel i has its centre at level-0 coordinate x + (i + 0.5)·sx; in the level's pixel
         # index space (pixel j centred at j + 0.5) that is origin + i·step.
         sx, sy = w / out_w, h / out_h
-        ax = _Axis((x + 0.5 * sx) / dsx - 0.5, sx / dsx, out_w)
-        ay = _Axis((y + 0.5 * sy) / dsy - 0.5, sy / dsy, out_h)
+        ax = Axis((x + 0.5 * sx) / dsx - 0.5, sx / dsx, out_w)
+        ay = Axis((y + 0.5 * sy) / dsy - 0.5, sy / dsy, out_h)
         (wx0, wx1), (wy0, wy1) = ax.window(), ay.window()
         win = self._read_window(level, wx0, wy0, wx1, wy1)
-        return _resample(win, ay, ax, wy0, wx0)
+        return resample(win, ay, ax, wy0, wx0)
 
     def _requested_downsample(self, mpp: float | None, downsample: float | None) -> float:
         if mpp is not None and downsample is not None:
@@ -699,89 +384,3 @@ class Slide:
             )
         return levels
 
-
-def _plausible_objective(value: Any) -> float | None:
-    try:
-        power = float(value)
-    except (TypeError, ValueError):
-        return None
-    return power if math.isfinite(power) and 0 < power <= 200 else None
-
-
-# --- resampling --------------------------------------------------------------------------------------
-
-
-class _Axis:
-    """How one output axis samples its source: output pixel ``i`` is centred at ``origin + i·step``.
-
-    Source coordinates are pixel indices (pixel ``j`` covers ``[j - 0.5, j + 0.5]``). Whole, aligned
-    source pixels per output pixel (``step`` = 1, 2, ...) are a crop or a block mean; other steps
-    above 1 average the exact area each output pixel covers; steps below 1 interpolate linearly.
-    """
-
-    def __init__(self, origin: float, step: float, n: int) -> None:
-        self.origin, self.step, self.n = origin, step, n
-        k = round(step)
-        start = origin - (k - 1) / 2
-        aligned = k >= 1 and abs(step - k) < _EPS and abs(start - round(start)) < _EPS
-        self.block = k if aligned else 0
-        self.start = round(start)
-
-    def window(self) -> tuple[int, int]:
-        """The source pixels this axis reads, ``[start, stop)``; may stick out of the level."""
-        first, last = self.origin, self.origin + (self.n - 1) * self.step
-        if self.block:
-            return self.start, self.start + self.n * self.block
-        if self.step > 1:
-            half = self.step / 2
-            return math.floor(first - half + 0.5 + _EPS), math.ceil(last + half + 0.5 - _EPS)
-        return math.floor(first), math.floor(last) + 2
-
-    def weights(self, w0: int, size: int) -> Any:
-        """Sparse ``n × size`` matrix taking the window (starting at source pixel ``w0``) to the output."""
-        from scipy import sparse
-
-        centres = self.origin + self.step * np.arange(self.n)
-        if self.step > 1:  # area: overlap of [a, a + step) with each pixel [j, j + 1), edge coordinates
-            lo = centres - self.step / 2 + 0.5
-            hi = lo + self.step
-            cols = np.floor(lo).astype(np.int64)[:, None] + np.arange(math.ceil(self.step) + 1)
-            vals = np.clip(np.minimum(hi[:, None], cols + 1) - np.maximum(lo[:, None], cols), 0, None)
-            vals /= self.step
-        else:  # linear interpolation between the two nearest pixel centres
-            j0 = np.floor(centres)
-            frac = centres - j0
-            cols = j0.astype(np.int64)[:, None] + np.arange(2)
-            vals = np.stack([1 - frac, frac], axis=1)
-        cols = np.clip(cols - w0, 0, size - 1)
-        rows = np.repeat(np.arange(self.n), cols.shape[1])
-        return sparse.csr_matrix(
-            (vals.ravel().astype(np.float32), (rows, cols.ravel())), shape=(self.n, size)
-        )
-
-
-def _resample(
-    win: npt.NDArray[np.uint8], ay: _Axis, ax: _Axis, wy0: int, wx0: int
-) -> npt.NDArray[np.uint8]:
-    """The output of two axes from the window read at (``wy0``, ``wx0``)."""
-    if ay.block and ax.block:
-        ky, kx = ay.block, ax.block
-        if ky == kx == 1:
-            return np.ascontiguousarray(win)
-        blocks = win.reshape(ay.n, ky, ax.n, kx, 3).sum(axis=(1, 3), dtype=np.uint32)
-        area = ky * kx
-        return ((blocks + area // 2) // area).astype(np.uint8)
-
-    hs, ws = win.shape[:2]
-    src = win.reshape(hs, ws * 3).astype(np.float32)
-    if ay.block == 1:
-        rows = src[ay.start - wy0 : ay.start - wy0 + ay.n]
-    else:
-        rows = np.asarray(ay.weights(wy0, hs) @ src)  # (ny, ws·3)
-    cols = rows.reshape(ay.n, ws, 3).transpose(1, 0, 2).reshape(ws, ay.n * 3)
-    if ax.block == 1:
-        out = cols[ax.start - wx0 : ax.start - wx0 + ax.n]
-    else:
-        out = np.asarray(ax.weights(wx0, ws) @ cols)  # (nx, ny·3)
-    out = out.reshape(ax.n, ay.n, 3).transpose(1, 0, 2)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

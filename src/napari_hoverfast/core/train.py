@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .device import resolve_device
+from .limits import check_batch_pixels, check_batch_size, check_learning_rate, check_network, check_patch_size
 from .model import HoverFastNet, ModelConfig, read_checkpoint, save_checkpoint
 from .training_data import AnnotatedTile, AugmentOptions, load_folder, make_batch
 
@@ -52,6 +53,27 @@ class TrainOptions:
     init: Path | None = None
     augment: AugmentOptions = field(default_factory=AugmentOptions)
     max_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse what would fail hours in or allocate without bound (the ranges live in limits.py,
+        shared with the command line); the patch size is checked against a checkpoint's own
+        configuration once it is read."""
+        for name in ("steps", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a whole number of at least 0, got {self.seed!r}")
+        check_network(self.config.depth, self.config.wf)
+        check_patch_size(self.patch_size, 1 if self.resume or self.init else self.config.multiple)
+        check_batch_pixels(check_batch_size(self.batch_size), self.patch_size)
+        check_learning_rate(self.learning_rate)
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight decay must be a finite number of at least 0, got {self.weight_decay!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"validation fraction must be from 0 to below 1, got {self.val_fraction!r}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise ValueError(f"max minutes must be a finite number above 0, got {self.max_minutes!r}")
 
 
 @dataclass(frozen=True)
@@ -188,6 +210,7 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
     source = options.resume if resuming else options.init
     if source is not None:
         state, config, extras, _ = read_checkpoint(source)  # exactly as load_checkpoint reads and checks it
+        check_patch_size(options.patch_size, config.multiple)  # the file's depth decides the multiple
         ckpt = {**extras, "model_dict": state}
         if resuming:
             start_step = int(ckpt.get("epoch", 0))
