@@ -88,7 +88,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="HoverFast weights (.pth or .safetensors); default: the embedded model")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     parser.add_argument("--batch-size", type=_rule(int, limits.check_batch_size), default=None, help="tiles per forward pass")
-    parser.add_argument("--tile-size", type=_rule(int, limits.check_tile_size), default=2048, metavar="PX", help="network input tile, px (2048)")
+    parser.add_argument("--tile-size", type=_rule(int, limits.check_tile_size), default=2048, metavar="PX",
+                        help="largest square a tile keeps nuclei from, px; its input adds 80 px of context a side (2048)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
     parser.add_argument("--stain", choices=("he", "ihc_dab"), default="he",
                         help="he, or ihc_dab (DAB and haematoxylin nuclei found; Negative/1+/2+/3+ scored)")
     parser.add_argument("--ihc-thresholds", type=_finite, nargs=3, default=None, metavar=("T1", "T2", "T3"),

@@ -25,6 +25,7 @@ def run_options(args: argparse.Namespace, *, workers: int | None = None):  # typ
             tiling=TilingOptions(tile=args.tile_size), batch_size=args.batch_size, stain=args.stain,
             min_area_um2=args.min_area, max_area_um2=args.max_area, simplify=args.simplify,
             mask_threshold=args.prob_threshold, marker_threshold=args.marker_threshold, workers=workers, ihc=ihc,
+            precision=args.precision,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -55,14 +56,13 @@ def build_job(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def announce_large_run(job, tiles: int) -> None:  # type: ignore[no-untyped-def]
     """One line on stderr before a run far larger than usual (a wrong --mpp or --roi, or a whole
     slide on a CPU), with its estimated duration; the run goes on."""
-    import os
-
     import torch
 
     from .core.job import cached_model, estimate_seconds
+    from .core.speed import cpu_plan, usable_cores
 
     device = cached_model(job.model, job.device).device.type  # loaded already: the run has started
-    workers = job.options.workers if job.options.workers is not None else min(4, (os.cpu_count() or 2) // 2)
+    workers = job.options.workers if job.options.workers is not None else cpu_plan(usable_cores(), device)[1]
     tile = job.options.tiling.tile
     seconds = estimate_seconds(tiles, tile, device, workers=workers, threads=torch.get_num_threads())
     if seconds > LARGE_RUN_SECONDS:
