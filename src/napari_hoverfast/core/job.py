@@ -181,7 +181,7 @@ def _scope(job: SlideJob, slide: Any, known: TissueMask | None = None) -> tuple[
 #: Seconds per tile pixel of the default network's forward pass, by device type. CPU: 9.4 µs/px
 #: measured at 2048² on 2 threads, so 19 µs per thread (it scales with the threads torch uses); the
 #: GPU figures are deliberately rough. Post-processing, 0.3 µs/px on one core, overlaps the network
-#: in the worker processes, so the slower of the two sets the pace.
+#: in the worker processes, so the slower of the two sets the pace (without workers they take turns).
 FORWARD_SECONDS_PER_PX = {"cpu": 1.9e-5, "cuda": 5e-8, "mps": 5e-7}
 POSTPROCESS_SECONDS_PER_PX = 3e-7
 
@@ -194,4 +194,5 @@ def estimate_seconds(tiles: int, tile: int, device: str, *, workers: int = 1, th
     forward = pixels * FORWARD_SECONDS_PER_PX.get(device, FORWARD_SECONDS_PER_PX["cpu"])
     if device == "cpu":
         forward /= max(1, threads)
-    return max(forward, pixels * POSTPROCESS_SECONDS_PER_PX / max(1, workers))
+    post = pixels * POSTPROCESS_SECONDS_PER_PX
+    return forward + post if workers < 1 else max(forward, post / workers)  # without workers: in turn
