@@ -34,7 +34,7 @@ from .focus import Focus
 from .ihc import IhcOptions
 from .model import LoadedModel
 from .nuclei import Nuclei
-from .speed import cpu_plan, usable_cores
+from .speed import cpu_plan, cuda_batch_size, reader_threads, usable_cores
 from .postprocess import PostprocessOptions
 from .predict import Precision, PredictOptions, Predictor, Stain
 from .limits import check_batch_pixels, check_batch_size, check_workers
@@ -229,8 +229,9 @@ def _in_band(polygons: list[Any], spec: TileSpec, scale: float) -> np.ndarray:
 
 
 def _default_batch_size(model: LoadedModel, tile: int) -> int:
+    """One tile at a time on a CPU (a large tile already fills its cores); on CUDA what free memory holds."""
     if model.device.type == "cuda":
-        return max(1, int(8 * (1024 / tile) ** 2))
+        return cuda_batch_size(model.device, tile * tile)
     return 1
 
 
@@ -280,7 +281,7 @@ def segment_slide(
     tiles = plan_run(slide, regions, geometry, options, tissue=tissue, priority=priority, multiple=model.config.multiple)
     post = options.postprocess(geometry.work_mpp)
     predictor = Predictor(model, PredictOptions(stain=options.stain, precision=options.precision))
-    batch_size = options.batch_size or _default_batch_size(model, options.tiling.tile)
+    batch_size = options.batch_size or _default_batch_size(model, tiles[0].input.w if tiles else options.tiling.tile)
     workers = _default_workers(len(tiles), model.device.type) if options.workers is None else options.workers
     nuclei = Nuclei(mpp=geometry.mpp, ihc=options.ihc if options.stain == "ihc_dab" else None,
                     extra_columns=stain_columns(options.stain))
@@ -399,7 +400,7 @@ def segment_slide(
             to_predict = []
         if not result.cancelled and to_predict:
             reader = Reader(slide, _batches(to_predict, batch_size), geometry.scale, geometry.work_mpp, options.stain, options.read_ahead,
-                            focus=focus)
+                            focus=focus, threads=reader_threads(usable_cores(), model.device.type))
             reader.start()
             for batch_specs, images, pixels in reader.items():
                 if cancelled():

@@ -114,3 +114,19 @@ def cpu_plan(cores: int, device_type: str) -> tuple[int, int]:
         return cores, 0
     workers = cores // 4
     return cores - workers, workers
+
+
+def reader_threads(cores: int, device_type: str) -> int:
+    """Threads decoding slide tiles: one on a CPU (its cores run the network), more to feed a GPU."""
+    return 1 if device_type == "cpu" else max(2, min(8, cores // 2))
+
+
+#: Device memory one pixel of a tile's input needs in a forward pass at half precision (activations of
+#: both decoders with the skips; measured on the CPU at float32: 630 bytes, halved), with margin.
+CUDA_BYTES_PER_PIXEL = 400
+
+
+def cuda_batch_size(device: torch.device, tile_pixels: int, *, most: int = 32) -> int:
+    """Tiles per forward pass that fit in the GPU's free memory (60 % of it), at least 1."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(most, int(0.6 * free // (tile_pixels * CUDA_BYTES_PER_PIXEL))))

@@ -23,6 +23,7 @@ from scipy import ndimage
 from .cache import TileMaps
 from .duplicates import duplicates_of, overlaps_any
 from .focus import Focus, nearest_first
+from .measurements import stain_statistics
 from .nuclei import Nuclei
 from .postprocess import PostprocessOptions, instance_labels, labels_to_polygons
 from .predict import Predictor, Stain, prepare
@@ -41,21 +42,48 @@ class TileWork:
     bounds: Box
     #: Where a kept nucleus's centroid may be: the cell widened toward its neighbours (``keep_boxes``).
     keep: Box | None = None
+    #: Which stains the measurements unmix (``measurements.py``).
+    stain: Stain = "he"
 
 
-def predict_batch(predictor: Predictor, images: np.ndarray, specs: Sequence[TileSpec], windows: Sequence[Box]) -> list[TileMaps]:
-    """Prepared tiles → each tile's maps over its window, as stored (uint8 probability, float16 maps)."""
+@dataclass(frozen=True)
+class TileNuclei:
+    """One tile's nuclei: level-0 polygons, mean nucleus probability and measurement columns by name."""
+
+    polygons: list[Any]
+    probability: np.ndarray
+    measurements: dict[str, np.ndarray]
+
+    @classmethod
+    def empty(cls) -> TileNuclei:
+        return cls([], np.zeros(0, np.float32), {})
+
+    def __len__(self) -> int:
+        return len(self.polygons)
+
+    def select(self, keep: np.ndarray) -> TileNuclei:
+        """The nuclei where the boolean ``keep`` is true."""
+        return TileNuclei([p for p, k in zip(self.polygons, keep, strict=True) if k], np.asarray(self.probability)[keep],
+                          {name: values[keep] for name, values in self.measurements.items()})
+
+
+def predict_batch(predictor: Predictor, images: np.ndarray, specs: Sequence[TileSpec], windows: Sequence[Box],
+                  rgb: np.ndarray | None = None) -> list[TileMaps]:
+    """Prepared tiles → each tile's maps over its window, as stored (uint8 probability, float16 maps),
+    with the tiles' RGB pixels (``rgb``, as read) over the same window for the stain measurements."""
     prob, hv = predictor(images)
     out = []
     for i, (spec, w) in enumerate(zip(specs, windows, strict=True)):
         rows = slice(w.y - spec.input.y, w.y - spec.input.y + w.h)
         cols = slice(w.x - spec.input.x, w.x - spec.input.x + w.w)
-        out.append(TileMaps.from_float(prob[i, rows, cols], hv[i, :, rows, cols]))
+        pixels = None if rgb is None else rgb[i, rows, cols]
+        out.append(TileMaps.from_float(prob[i, rows, cols], hv[i, :, rows, cols], pixels))
     return out
 
 
-def postprocess_tile(maps: TileMaps, work: TileWork) -> tuple[list[Any], np.ndarray]:
-    """One tile's maps → its owned nuclei as level-0 polygons, with their mean nucleus probability.
+def postprocess_tile(maps: TileMaps, work: TileWork) -> TileNuclei:
+    """One tile's maps → its owned nuclei as level-0 polygons, with their mean nucleus probability and
+    stain measurements (from the maps' RGB under each nucleus's label; none without RGB).
 
     A nucleus is kept when its centroid (working pixels, half-open) lies in the tile's owned cell
     and in no earlier region of the same run.
@@ -68,7 +96,7 @@ def postprocess_tile(maps: TileMaps, work: TileWork) -> tuple[list[Any], np.ndar
     )
     pairs = labels_to_polygons(labels, min_area_px=post.min_area_px, max_area_px=post.max_area_px, simplify=post.simplify)
     if not pairs:
-        return [], np.zeros(0, np.float32)
+        return TileNuclei.empty()
     ids = np.array([label for label, _ in pairs])
     # Ownership uses the label's pixel centroid: the same in both overlapping tiles when their
     # predictions agree, and independent of polygon simplification.
@@ -81,8 +109,9 @@ def postprocess_tile(maps: TileMaps, work: TileWork) -> tuple[list[Any], np.ndar
     for box in work.exclude:
         keep &= ~((cx >= box.x) & (cx < box.x + box.w) & (cy >= box.y) & (cy < box.y + box.h))
     if not keep.any():
-        return [], np.zeros(0, np.float32)
+        return TileNuclei.empty()
     means = np.asarray(ndimage.mean(prob, labels, ids[keep]), dtype=np.float32)
+    measured = stain_statistics(maps.rgb, labels, ids[keep], work.stain) if maps.rgb is not None else {}
     polygons = np.array([p for (_, p), k in zip(pairs, keep, strict=True) if k], dtype=object)
     offset = np.array([w.x, w.y], dtype=np.float64)
     polygons = shapely.transform(polygons, lambda xy: (xy + offset) / work.scale)
@@ -94,7 +123,8 @@ def postprocess_tile(maps: TileMaps, work: TileWork) -> tuple[list[Any], np.ndar
         polygons[outside] = [_largest_part(g) for g in shapely.intersection(polygons[outside], frame)]
         good = np.array([p is not None for p in polygons])
         polygons, means = polygons[good], means[good]
-    return list(polygons), means
+        measured = {name: values[good] for name, values in measured.items()}
+    return TileNuclei(list(polygons), means, measured)
 
 
 def _largest_part(geometry: Any) -> Any:
@@ -125,9 +155,9 @@ def neighbours(tiles: Sequence[TileSpec]) -> dict[int, list[int]]:
 
 
 def drop_seam_copies(
-    nuclei: Nuclei, rows: dict[int, tuple[int, int]], near: list[int], polygons: list[Any], probability: np.ndarray,
+    nuclei: Nuclei, rows: dict[int, tuple[int, int]], near: list[int], found: TileNuclei,
     band: np.ndarray | None = None,
-) -> tuple[list[Any], np.ndarray]:
+) -> TileNuclei:
     """A finished tile's nuclei without those a finished neighbour already holds (``duplicates.py``).
 
     The copy of the tile that finished first is kept, so runs that finish tiles in the same order
@@ -136,25 +166,24 @@ def drop_seam_copies(
     they overlap a neighbour's nucleus at all (more than a fifth of their area), not only at IoU > 0.5.
     """
     done = [rows[i] for i in near if i in rows and rows[i][1] > rows[i][0]]
-    if not polygons or not done:
-        return polygons, probability
+    if not len(found) or not done:
+        return found
     old = np.concatenate([nuclei.polygons[a:b] for a, b in done])
-    new = np.asarray(polygons, dtype=object)
+    new = np.asarray(found.polygons, dtype=object)
     copy = duplicates_of(new, old)
     if band is not None and band.any():
         copy[band] |= overlaps_any(new[band], old, 0.2)
-    if copy.any():
-        polygons = [p for p, c in zip(polygons, copy, strict=True) if not c]
-        probability = np.asarray(probability)[~copy]
-    return polygons, probability
+    return found.select(~copy) if copy.any() else found
 
 
 class Reader(threading.Thread):
     """Reads and prepares batches of tiles ahead of the network, into a bounded queue."""
 
     def __init__(self, slide: Any, batches: list[list[TileSpec]], scale: float, work_mpp: float, stain: Stain, depth: int,
-                 focus: Focus | None = None) -> None:
+                 focus: Focus | None = None, threads: int = 1) -> None:
         super().__init__(name="hoverfast-reader", daemon=True)
+        #: Tiles of a batch decoded in parallel (a GPU consumes them faster than one thread decodes).
+        self.threads = max(1, threads)
         self.slide = slide
         self.batches = batches
         self.focus = focus
@@ -175,22 +204,28 @@ class Reader(threading.Thread):
         return pixels
 
     def run(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        decoders = ThreadPoolExecutor(self.threads, thread_name_prefix="hoverfast-decode") if self.threads > 1 else None
         try:
             for batch in self._ordered():
                 if self.stop.is_set():
                     return
                 start = time.perf_counter()
-                images = prepare(np.stack([self.read_tile(spec) for spec in batch]), self.stain)
+                pixels = np.stack(list(decoders.map(self.read_tile, batch)) if decoders else [self.read_tile(spec) for spec in batch])
+                images = prepare(pixels, self.stain)
                 self.seconds += time.perf_counter() - start
                 while not self.stop.is_set():
                     try:
-                        self.out.put((batch, images), timeout=0.1)
+                        self.out.put((batch, images, pixels), timeout=0.1)
                         break
                     except queue.Full:
                         continue
         except BaseException as exc:  # handed to the consumer, which reports it
             self.out.put(exc)
         finally:
+            if decoders is not None:
+                decoders.shutdown(wait=False, cancel_futures=True)
             self.out.put(None)
 
     def _ordered(self) -> Generator[list[TileSpec], None, None]:
@@ -204,7 +239,8 @@ class Reader(threading.Thread):
                     left = nearest_first(left, target, lambda batch: batch[0].owned.centre)
             yield left.pop(0)
 
-    def items(self) -> Generator[tuple[list[TileSpec], np.ndarray], None, None]:
+    def items(self) -> Generator[tuple[list[TileSpec], np.ndarray, np.ndarray], None, None]:
+        """(tiles, prepared images, their RGB pixels as read) per batch."""
         while True:
             item = self.out.get()
             if item is None:
