@@ -14,6 +14,7 @@ import torch
 from napari_hoverfast.core import default_model
 from napari_hoverfast.core.default_model import default_model_path, has_default_model, load_model
 from napari_hoverfast.core.model import CheckpointError
+from napari_hoverfast.core.nuclei import AREA_UM2
 from napari_hoverfast.core.pipeline import RunOptions, run_to_end, segment_slide
 from napari_hoverfast.core.slide import Slide
 from napari_hoverfast.core.tiling import Box
@@ -48,7 +49,7 @@ def test_finds_hundreds_of_nuclei_on_the_tcga_tile(shared_dir: Path) -> None:
     count = len(result.nuclei)
     # a dense field of ~256 µm × 256 µm: hundreds of nuclei, not tens, not thousands
     assert 200 <= count <= 1500, count
-    areas = result.nuclei.measurements()["Area µm^2"]
+    areas = result.nuclei.measurements()[AREA_UM2]
     assert 15 < float(areas.mean()) < 80
 
 

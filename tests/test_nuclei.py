@@ -12,6 +12,15 @@ from shapely.geometry import box
 
 from napari_hoverfast.core.formats import write_csv, write_geojson
 from napari_hoverfast.core.geojson import read_geojson
+from napari_hoverfast.core.measurements import (
+    CIRCULARITY,
+    ECCENTRICITY,
+    MAJOR_AXIS_UM,
+    MAX_CALIPER_UM,
+    MIN_CALIPER_UM,
+    MINOR_AXIS_UM,
+    SOLIDITY,
+)
 from napari_hoverfast.core.nuclei import (
     AREA_PX,
     AREA_UM2,
@@ -22,6 +31,11 @@ from napari_hoverfast.core.nuclei import (
     TILE,
     Nuclei,
 )
+
+#: The columns without a pixel size (no µm), and with one, in export order.
+UNITLESS = [CIRCULARITY, SOLIDITY, ECCENTRICITY, AREA_PX, PROBABILITY, CENTROID_X, CENTROID_Y, TILE]
+WITH_MPP = [AREA_UM2, PERIMETER_UM, CIRCULARITY, SOLIDITY, MAX_CALIPER_UM, MIN_CALIPER_UM, MAJOR_AXIS_UM, MINOR_AXIS_UM,
+            ECCENTRICITY, AREA_PX, PROBABILITY, CENTROID_X, CENTROID_Y, TILE]
 
 
 def squares(n: int, start: int = 0, size: float = 4.0) -> np.ndarray:
@@ -83,14 +97,14 @@ def test_unknown_mpp_leaves_micrometres_out(tmp_path, qupath_check):
     nuclei = Nuclei(mpp=None)
     nuclei.append(squares(2), 0.5, 0)
     assert np.isnan(nuclei.area_um2).all() and np.isnan(nuclei.perimeter_um).all()
-    assert list(nuclei.measurements()) == [AREA_PX, PROBABILITY, CENTROID_X, CENTROID_Y, TILE]
+    assert list(nuclei.measurements()) == UNITLESS
     path = tmp_path / "nuclei.geojson"
     write_geojson(nuclei, path)
-    assert set(read_geojson(path)[0].measurements) == {AREA_PX, PROBABILITY, CENTROID_X, CENTROID_Y, TILE}
+    assert set(read_geojson(path)[0].measurements) == set(UNITLESS)
     (tmp_path / "n.csv").write_text("an older file, replaced\n")
     write_csv(nuclei, tmp_path / "n.csv")
     with (tmp_path / "n.csv").open(encoding="utf-8", newline="") as fh:
-        assert next(csv.reader(fh)) == ["id", AREA_PX, PROBABILITY, CENTROID_X, CENTROID_Y, TILE]
+        assert next(csv.reader(fh)) == ["id", *UNITLESS]
 
 
 def test_select_and_extend():
@@ -125,7 +139,7 @@ def test_csv_round_trip(tmp_path):
 
     with path.open(encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["id", AREA_UM2, PERIMETER_UM, AREA_PX, PROBABILITY, CENTROID_X, CENTROID_Y, TILE]
+    assert list(rows[0]) == ["id", *WITH_MPP]
     assert [int(r["id"]) for r in rows] == nuclei.ids.tolist()
     for name, column in nuclei.measurements().items():
         for row, expected in zip(rows, column.tolist(), strict=True):

@@ -2,8 +2,11 @@
 
 Between predict (pixels → maps) and post-process (maps → nuclei) every tile's maps pass through a
 :class:`TileMaps`: nucleus probability as uint8 (1/255 steps; the 0.5 threshold falls between two
-steps, so the mask is exact) and the horizontal/vertical maps as float16. A fresh run post-processes
-these same arrays, so a resumed or re-thresholded run gives exactly its nuclei.
+steps, so the mask is exact), the horizontal/vertical maps as float16, and the tile's RGB pixels
+that the stain measurements read (``measurements.py``), kept only where the probability is above 0:
+no threshold in (0, 1) can put a nucleus pixel anywhere else, and the zeros halve what RGB costs on
+disk. A fresh run post-processes these same arrays, so a resumed or re-thresholded run gives exactly
+its nuclei and measurements, without reading the slide again.
 
 :class:`TileCache` stores them as compressed ``.npz`` files (numpy's format; no format of our own),
 one per tile, keyed by everything the maps depend on: the slide's fingerprint, the model's SHA-256,
@@ -30,8 +33,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: Bump when the entry layout or the meaning of the stored maps changes.
-CACHE_VERSION = 1
+#: Bump when the entry layout or the meaning of the stored maps changes (2: RGB stored; new IHC input).
+CACHE_VERSION = 2
 _FINGERPRINT_BYTES = 1 << 20
 
 
@@ -45,11 +48,13 @@ class TileMaps:
 
     prob: np.ndarray  # uint8 H×W, probability × 255
     hv: np.ndarray  # float16 2×H×W
+    rgb: np.ndarray | None = None  # uint8 H×W×3 where prob > 0, else 0 (None: no pixels, no stain measurements)
 
     @classmethod
-    def from_float(cls, prob: np.ndarray, hv: np.ndarray) -> TileMaps:
+    def from_float(cls, prob: np.ndarray, hv: np.ndarray, rgb: np.ndarray | None = None) -> TileMaps:
         quantised = np.rint(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
-        return cls(prob=quantised, hv=np.asarray(hv, dtype=np.float16))
+        kept = None if rgb is None else np.where((quantised > 0)[..., None], rgb, 0).astype(np.uint8)
+        return cls(prob=quantised, hv=np.asarray(hv, dtype=np.float16), rgb=kept)
 
     def as_float(self) -> tuple[np.ndarray, np.ndarray]:
         """(probability float32 in [0, 1], maps float32) for post-processing."""
@@ -57,7 +62,7 @@ class TileMaps:
 
     @property
     def nbytes(self) -> int:
-        return int(self.prob.nbytes + self.hv.nbytes)
+        return int(self.prob.nbytes + self.hv.nbytes + (self.rgb.nbytes if self.rgb is not None else 0))
 
 
 def slide_fingerprint(path: str | os.PathLike[str], dimensions: tuple[int, int]) -> str:
@@ -113,13 +118,15 @@ class TileCache:
         try:
             with np.load(path, allow_pickle=False) as data:
                 stored_key = str(data["key"])
-                maps = TileMaps(prob=data["prob"], hv=data["hv"])
+                maps = TileMaps(prob=data["prob"], hv=data["hv"], rgb=data["rgb"] if "rgb" in data.files else None)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             return self._distrust(path, f"it does not load ({type(exc).__name__}: {exc})")
         if stored_key != key:
             return self._distrust(path, "it holds another tile")
         expected = maps.prob.shape if shape is None else shape
-        if maps.prob.dtype != np.uint8 or maps.hv.dtype != np.float16 or maps.prob.shape != expected or maps.hv.shape != (2, *expected):
+        if (maps.prob.dtype != np.uint8 or maps.hv.dtype != np.float16 or maps.prob.shape != expected
+                or maps.hv.shape != (2, *expected)
+                or (maps.rgb is not None and (maps.rgb.dtype != np.uint8 or maps.rgb.shape != (*expected, 3)))):
             return self._distrust(path, "its arrays have the wrong shape or type")
         with contextlib.suppress(OSError):
             os.utime(path)  # recently used: evicted last
@@ -133,7 +140,11 @@ class TileCache:
         return None
 
     def put(self, key: str, maps: TileMaps) -> bool:
-        """Store ``maps`` (atomically: a temporary file renamed into place). False if it could not be."""
+        """Store ``maps`` (atomically: a temporary file renamed into place). False if it could not be.
+
+        The RGB goes with the maps when they have it (a run's maps always do), so what comes back
+        from the cache measures what a fresh run measures.
+        """
         if self._write_failed:
             return False
         path = self._path(key)
@@ -141,7 +152,8 @@ class TileCache:
         try:
             path.parent.mkdir(exist_ok=True)
             with open(tmp, "xb") as handle:
-                np.savez_compressed(handle, key=np.array(key), prob=maps.prob, hv=maps.hv)
+                arrays = {"prob": maps.prob, "hv": maps.hv, **({"rgb": maps.rgb} if maps.rgb is not None else {})}
+                np.savez_compressed(handle, key=np.array(key), **arrays)
             os.replace(tmp, path)
         except OSError as exc:
             with contextlib.suppress(OSError):

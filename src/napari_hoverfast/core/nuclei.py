@@ -6,15 +6,19 @@ A run produces nuclei batch by batch; the CLI, the napari widget and the exporte
 per nucleus even when a viewer reads the full columns after every batch (the arrays handed out are
 read-only views, valid forever because rows are never changed once written).
 
-Geometry columns are computed with shapely 2's vectorised functions at append time, in level-0 pixels;
-µm columns use the slide's ``mpp`` (µm per level-0 pixel) and are NaN when it is unknown, in which case
-the exports leave them out.
+Geometry and shape columns (``measurements.py``) are computed with shapely 2's vectorised functions
+at append time, in level-0 pixels; µm columns use the slide's ``mpp`` (µm per level-0 pixel) and
+are NaN when it is unknown, in which case the exports leave them out. Other per-nucleus columns
+(the stain measurements of post-processing, or whatever a GeoJSON file carried) travel as *extra*
+columns through :meth:`~Nuclei.append`, :meth:`~Nuclei.extend`, :meth:`~Nuclei.select` and
+:meth:`~Nuclei.from_geo_objects`; rows that lack one hold NaN. With ``ihc`` set, each nucleus's IHC
+class is derived from its DAB OD mean whenever it is asked for, so new thresholds re-classify at once.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,16 +26,20 @@ import numpy.typing as npt
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
+from . import measurements as m
 from .geojson import GeoObject
+from .ihc import SCORE, IhcOptions, class_names
 
 #: Human-readable column names, shared by GeoJSON measurements, CSV headers and napari features.
-AREA_UM2 = "Area µm^2"
-PERIMETER_UM = "Perimeter µm"
+#: Those QuPath has use QuPath's names (``measurements.py``); the others are this plugin's.
+AREA_UM2 = m.AREA_UM2
+PERIMETER_UM = m.PERIMETER_UM
 AREA_PX = "Area px^2"
 PROBABILITY = "Probability"
 CENTROID_X = "Centroid X px"
 CENTROID_Y = "Centroid Y px"
 TILE = "Tile"
+CLASSIFICATION = "Classification"
 
 _DTYPES: dict[str, Any] = {
     "ids": np.int64,
@@ -41,9 +49,28 @@ _DTYPES: dict[str, Any] = {
     "area_px": np.float64,
     "area_um2": np.float64,
     "perimeter_um": np.float64,
+    "circularity": np.float64,
+    "solidity": np.float64,
+    "max_caliper_um": np.float64,
+    "min_caliper_um": np.float64,
+    "major_axis_um": np.float64,
+    "minor_axis_um": np.float64,
+    "eccentricity": np.float64,
     "probability": np.float64,
     "tile": np.int64,
+    "classification": object,
 }
+#: Computed columns by display name, in export order: (name, column, is a µm column).
+_SHAPE_COLUMNS = (
+    (AREA_UM2, "area_um2", True), (PERIMETER_UM, "perimeter_um", True), (m.CIRCULARITY, "circularity", False),
+    (m.SOLIDITY, "solidity", False), (m.MAX_CALIPER_UM, "max_caliper_um", True), (m.MIN_CALIPER_UM, "min_caliper_um", True),
+    (m.MAJOR_AXIS_UM, "major_axis_um", True), (m.MINOR_AXIS_UM, "minor_axis_um", True), (m.ECCENTRICITY, "eccentricity", False),
+)
+_TAIL_COLUMNS = (
+    (AREA_PX, "area_px", False), (PROBABILITY, "probability", False), (CENTROID_X, "centroid_x", False),
+    (CENTROID_Y, "centroid_y", False), (TILE, "tile", False),
+)
+_FIXED = {name: key for name, key, _ in (*_SHAPE_COLUMNS, *_TAIL_COLUMNS)}
 _MIN_CAPACITY = 1024
 
 
@@ -56,8 +83,15 @@ def _check_mpp(mpp: float | None) -> float | None:
     return value
 
 
-def _per_row(value: npt.ArrayLike, n: int, name: str, dtype: Any) -> np.ndarray:
+def _per_row(value: Any, n: int, name: str, dtype: Any) -> np.ndarray:
     """``value`` as an (n,) array: a scalar is broadcast, an array must have n entries."""
+    if dtype is object:
+        items = [value] * n if value is None or isinstance(value, str) else list(value)
+        if len(items) != n:
+            raise ValueError(f"{name} has {len(items)} entries; expected one or {n} for {n} polygons")
+        arr = np.empty(n, dtype=object)
+        arr[:] = items
+        return arr
     arr = np.array(value, dtype=dtype)  # a copy: the container makes its arrays read-only
     if arr.ndim == 0:
         return np.full(n, arr, dtype=dtype)
@@ -66,33 +100,55 @@ def _per_row(value: npt.ArrayLike, n: int, name: str, dtype: Any) -> np.ndarray:
     return arr
 
 
+def _frozen(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    for values in columns.values():
+        values.flags.writeable = False
+    return columns
+
+
 class Nuclei:
-    """Segmented nuclei as columns: ``ids``, ``polygons`` (level-0 px), centroids, areas, perimeter,
-    probability and source tile. Grows with :meth:`append` / :meth:`extend`; rows never change.
+    """Segmented nuclei as columns: ``ids``, ``polygons`` (level-0 px), centroids, areas and shape,
+    probability, source tile, a stored classification and extra measurement columns. Grows with
+    :meth:`append` / :meth:`extend`; rows never change.
 
     ``ids`` are int64, unique within a container, assigned from a running counter on :meth:`append`
-    (they are row identities for the viewer and exports, not GeoJSON UUIDs).
+    (they are row identities for the viewer and exports, not GeoJSON UUIDs). ``extra_columns``
+    declares extra columns up front, so an empty container already lists them (a layer's features).
     """
 
-    def __init__(self, mpp: float | None = None) -> None:
+    def __init__(self, mpp: float | None = None, *, ihc: IhcOptions | None = None, extra_columns: Iterable[str] = ()) -> None:
         self.mpp: float | None = _check_mpp(mpp)
+        #: IHC thresholds: when set, :meth:`classifications` and the "IHC score" column follow them.
+        self.ihc: IhcOptions | None = ihc
         self._n = 0
         self._next_id = 0
         self._buf: dict[str, np.ndarray] = {k: np.empty(0, dtype=d) for k, d in _DTYPES.items()}
+        self._extra: dict[str, np.ndarray] = {}
+        for name in extra_columns:
+            self._declare(name)
 
     # ---- construction -----------------------------------------------------------------------
 
     @classmethod
-    def _from_columns(cls, mpp: float | None, columns: dict[str, np.ndarray], next_id: int) -> Nuclei:
-        out = cls(mpp)
+    def _from_columns(cls, parent: Nuclei, columns: dict[str, np.ndarray], extra: dict[str, np.ndarray]) -> Nuclei:
+        out = cls(parent.mpp, ihc=parent.ihc)
         out._buf = dict(columns)
+        out._extra = dict(extra)
         out._n = len(columns["ids"])
-        out._next_id = next_id
+        out._next_id = parent._next_id
         return out
 
-    def _compute(self, polygons: Sequence[Polygon] | np.ndarray, probability: npt.ArrayLike,
-                 tile: npt.ArrayLike, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """All columns for a batch of polygons (shapely-vectorised geometry)."""
+    def _declare(self, name: str) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"measurement name {name!r} must be a non-blank string")
+        if name in _FIXED or name in (SCORE, CLASSIFICATION):
+            raise ValueError(f"{name!r} is a computed column; it cannot be given as a measurement")
+        if name not in self._extra:
+            self._extra[name] = np.full(len(self._buf["ids"]), np.nan)
+
+    def _compute(self, polygons: Sequence[Polygon] | np.ndarray, probability: npt.ArrayLike, tile: npt.ArrayLike,
+                 ids: np.ndarray, classification: Any) -> dict[str, np.ndarray]:
+        """All computed columns for a batch of polygons (shapely-vectorised geometry and shape)."""
         geoms = np.empty(len(polygons), dtype=object)
         geoms[:] = list(polygons)
         n = len(geoms)
@@ -105,6 +161,7 @@ class Nuclei:
         area = shapely.area(geoms).astype(np.float64)
         length = shapely.length(geoms).astype(np.float64)
         centroids = shapely.centroid(geoms)
+        shape = m.shape_measurements(geoms)
         mpp = self.mpp if self.mpp is not None else math.nan
         return {
             "ids": ids,
@@ -114,43 +171,74 @@ class Nuclei:
             "area_px": area,
             "area_um2": area * mpp * mpp,
             "perimeter_um": length * mpp,
+            "circularity": shape["circularity"],
+            "solidity": shape["solidity"],
+            "max_caliper_um": shape["max_caliper"] * mpp,
+            "min_caliper_um": shape["min_caliper"] * mpp,
+            "major_axis_um": shape["major_axis"] * mpp,
+            "minor_axis_um": shape["minor_axis"] * mpp,
+            "eccentricity": shape["eccentricity"],
             "probability": _per_row(probability, n, "probability", np.float64),
             "tile": _per_row(tile, n, "tile", np.int64),
+            "classification": _per_row(classification, n, "classification", object),
         }
 
-    def _push(self, columns: dict[str, np.ndarray]) -> None:
+    def _extra_batch(self, measurements: Mapping[str, npt.ArrayLike] | None, n: int) -> dict[str, np.ndarray]:
+        """A batch's extra columns: every known and new name, NaN where the batch has none."""
+        given = {}
+        for name, values in (measurements or {}).items():
+            self._declare(name)
+            given[name] = _per_row(values, n, name, np.float64)
+        return {name: given.get(name, np.full(n, np.nan)) for name in self._extra}
+
+    def _push(self, columns: dict[str, np.ndarray], extra: dict[str, np.ndarray]) -> None:
         """Copy a batch's columns into the buffers, doubling their capacity when full."""
         k = len(columns["ids"])
+        for name in extra:
+            if name not in self._extra:
+                self._declare(name)
         if k == 0:
             return
         need = self._n + k
         if need > len(self._buf["ids"]):
             capacity = max(need, 2 * len(self._buf["ids"]), _MIN_CAPACITY)
-            for name, old in self._buf.items():
-                new = np.empty(capacity, dtype=old.dtype)
-                new[: self._n] = old[: self._n]
-                self._buf[name] = new
+            for buffers, fill in ((self._buf, None), (self._extra, np.nan)):
+                for name, old in buffers.items():
+                    new = np.empty(capacity, dtype=old.dtype) if fill is None else np.full(capacity, fill)
+                    new[: self._n] = old[: self._n]
+                    buffers[name] = new
         for name, values in columns.items():
             self._buf[name][self._n : need] = values
+        for name, buf in self._extra.items():
+            buf[self._n : need] = extra.get(name, np.nan)
         self._n = need
 
-    def append(self, polygons: Sequence[Polygon] | np.ndarray, probability: npt.ArrayLike,
-               tile: npt.ArrayLike) -> Nuclei:
-        """Add a batch of nuclei and return it as its own :class:`Nuclei` (same ids, same mpp).
+    def append(self, polygons: Sequence[Polygon] | np.ndarray, probability: npt.ArrayLike, tile: npt.ArrayLike, *,
+               measurements: Mapping[str, npt.ArrayLike] | None = None, classification: Any = None) -> Nuclei:
+        """Add a batch of nuclei and return it as its own :class:`Nuclei` (same ids, mpp and ihc).
 
         ``polygons`` are shapely Polygons in level-0 pixels; ``probability`` (mean nucleus probability,
         0..1) and ``tile`` (source tile index) are one value per polygon or a scalar for all.
+        ``measurements`` are extra columns by name (one value per polygon, or a scalar);
+        ``classification`` a class name per polygon (or one for all; ``None``: unclassified).
         Polygons are stored as given: they should be valid (shapely's area of a self-intersecting
         polygon is meaningless); ``formats.write_geojson`` repairs what QuPath would reject.
         """
+        return self._append(polygons, probability, tile, measurements, classification)
+
+    def _append(self, polygons: Sequence[Polygon] | np.ndarray, probability: npt.ArrayLike, tile: npt.ArrayLike,
+                measurements: Mapping[str, npt.ArrayLike] | None, classification: Any,
+                overrides: Mapping[str, np.ndarray] | None = None) -> Nuclei:
         n = len(polygons)
         ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-        columns = self._compute(polygons, probability, tile, ids)
-        for values in columns.values():
-            values.flags.writeable = False
-        self._push(columns)
+        columns = self._compute(polygons, probability, tile, ids, classification)
+        for name, values in (overrides or {}).items():  # a file's own values win over recomputed ones
+            key = _FIXED[name]
+            columns[key] = np.where(np.isfinite(values), values, columns[key])
+        extra = self._extra_batch(measurements, n)
+        self._push(_frozen(columns), _frozen(extra))
         self._next_id += n
-        return Nuclei._from_columns(self.mpp, columns, self._next_id)
+        return Nuclei._from_columns(self, columns, extra)
 
     def extend(self, other: Nuclei) -> None:
         """Append all rows of ``other``, keeping its ids (e.g. batches handed out by another container).
@@ -164,37 +252,50 @@ class Nuclei:
         if not same:
             raise ValueError(f"cannot extend nuclei with mpp={self.mpp} by nuclei with mpp={other.mpp}")
         if not len(other):
+            for name in other._extra:
+                self._declare(name)
             return
         new_ids = other.ids
         if len(self) and new_ids.min() < self._next_id and np.isin(new_ids, self.ids).any():
             raise ValueError("cannot extend: some ids are already present")
         if len(np.unique(new_ids)) != len(new_ids):  # pragma: no cover - containers keep ids unique
             raise ValueError("cannot extend: duplicate ids")
-        self._push({name: other._column(name) for name in _DTYPES})
+        self._push({name: other._column(name) for name in _DTYPES}, {name: other._extra_column(name) for name in other._extra})
         self._next_id = max(self._next_id, int(new_ids.max()) + 1)
 
     @classmethod
-    def from_geo_objects(cls, objs: Iterable[GeoObject], mpp: float | None) -> Nuclei:
+    def from_geo_objects(cls, objs: Iterable[GeoObject], mpp: float | None, *, ihc: IhcOptions | None = None) -> Nuclei:
         """Rebuild nuclei from :func:`~napari_hoverfast.core.geojson.read_geojson` objects.
 
         Every object with an area counts, whatever its type (hand-drawn annotations too); for a cell the
-        nucleus geometry is used when present; a MultiPolygon keeps its largest part. Probability and
-        tile come from the "Probability" / "Tile" measurements when present (else NaN / -1); geometry
-        columns are recomputed, with ``mpp`` for the µm ones. Ids are fresh (GeoJSON ids are UUIDs).
+        nucleus geometry is used when present; a MultiPolygon keeps its largest part. The file's
+        measurements and classification are kept: a value of a computed column (area, shape,
+        centroid; a QuPath export's own "Nucleus: Circularity"…) wins over the one recomputed from
+        the geometry, which fills in where the file has none; "Probability" / "Tile" fill those
+        columns (else NaN / -1); every other name becomes an extra column. Ids are fresh.
         """
         polygons: list[Polygon] = []
-        probability: list[float] = []
-        tiles: list[int] = []
+        values: list[dict[str, float]] = []
+        classes: list[str | None] = []
+        names: dict[str, None] = {}
         for obj in objs:
             geom = obj.nucleus if obj.nucleus is not None else obj.geometry
             if isinstance(geom, MultiPolygon):
                 geom = max(geom.geoms, key=lambda p: p.area)
             polygons.append(geom)
-            probability.append(obj.measurements.get(PROBABILITY, math.nan))
-            tile = obj.measurements.get(TILE, math.nan)
-            tiles.append(int(tile) if math.isfinite(tile) else -1)
-        out = cls(mpp)
-        out.append(polygons, np.asarray(probability, dtype=np.float64), np.asarray(tiles, dtype=np.int64))
+            values.append(obj.measurements)
+            classes.append(obj.classification)
+            names.update(dict.fromkeys(obj.measurements))
+        columns = {
+            name: np.fromiter((v.get(name, math.nan) for v in values), dtype=np.float64, count=len(values)) for name in names
+        }
+        probability = columns.pop(PROBABILITY, np.full(len(polygons), math.nan))
+        tile = columns.pop(TILE, np.full(len(polygons), math.nan))
+        columns.pop(SCORE, None)  # derived again from the DAB OD mean when ``ihc`` is set
+        overrides = {name: columns.pop(name) for name in list(columns) if name in _FIXED}
+        out = cls(mpp, ihc=ihc)
+        tiles = np.where(np.isfinite(tile), tile, -1).astype(np.int64)
+        out._append(polygons, probability, tiles, columns, classes, overrides)
         return out
 
     # ---- access -------------------------------------------------------------------------------
@@ -212,6 +313,11 @@ class Nuclei:
 
     def _column(self, name: str) -> np.ndarray:
         view = self._buf[name][: self._n]
+        view.flags.writeable = False
+        return view
+
+    def _extra_column(self, name: str) -> np.ndarray:
+        view = self._extra[name][: self._n]
         view.flags.writeable = False
         return view
 
@@ -260,6 +366,27 @@ class Nuclei:
         """Index of the tile each nucleus came from."""
         return self._column("tile")
 
+    @property
+    def extra_columns(self) -> list[str]:
+        """Names of the extra measurement columns, in the order they arrived."""
+        return list(self._extra)
+
+    def classifications(self) -> np.ndarray:
+        """Object array of class names (``None``: unclassified).
+
+        With ``ihc`` set, nuclei with a DAB OD mean get their IHC class (Negative, 1+, 2+, 3+) from
+        the current thresholds; the others keep the stored class (e.g. read from a GeoJSON file).
+        """
+        stored = self._column("classification")
+        values = self._extra_column(self.ihc.measurement) if self.ihc and self.ihc.measurement in self._extra else None
+        if values is None:
+            return stored
+        assert self.ihc is not None
+        derived = class_names(self.ihc.score(values))
+        unscored = np.fromiter((d is None for d in derived), dtype=bool, count=len(derived))
+        derived[unscored] = stored[unscored]
+        return derived
+
     def select(self, mask_or_indices: npt.ArrayLike) -> Nuclei:
         """The rows picked by a boolean mask or integer indices, as a new container (ids kept)."""
         key = np.asarray(mask_or_indices)
@@ -270,22 +397,28 @@ class Nuclei:
             key = key.astype(np.int64)
         elif not np.issubdtype(key.dtype, np.integer):
             raise TypeError(f"select needs a boolean mask or integer indices, got dtype {key.dtype}")
-        columns = {name: self._column(name)[key] for name in _DTYPES}
-        for values in columns.values():
-            values.flags.writeable = False
-        return Nuclei._from_columns(self.mpp, columns, self._next_id)
+        columns = _frozen({name: self._column(name)[key] for name in _DTYPES})
+        extra = _frozen({name: self._extra_column(name)[key] for name in self._extra})
+        return Nuclei._from_columns(self, columns, extra)
 
     def measurements(self) -> dict[str, np.ndarray]:
-        """Per-nucleus measurements by display name, in export order (µm columns only if mpp is known)."""
+        """Per-nucleus measurements by display name, in export order.
+
+        QuPath's shape columns first (µm ones when mpp is known or they hold values, e.g. read from
+        a file), then the extra columns (stain ODs…), the IHC score when ``ihc`` is set, then area in
+        pixels, probability, centroid and tile.
+        """
         out: dict[str, np.ndarray] = {}
-        if self.mpp is not None:
-            out[AREA_UM2] = self.area_um2
-            out[PERIMETER_UM] = self.perimeter_um
-        out[AREA_PX] = self.area_px
-        out[PROBABILITY] = self.probability
-        out[CENTROID_X] = self.centroid_x
-        out[CENTROID_Y] = self.centroid_y
-        out[TILE] = self.tile
+        for name, key, micrometres in _SHAPE_COLUMNS:
+            column = self._column(key)
+            if not micrometres or self.mpp is not None or np.isfinite(column).any():
+                out[name] = column
+        for name in self._extra:
+            out[name] = self._extra_column(name)
+        if self.ihc is not None and self.ihc.measurement in self._extra:
+            out[SCORE] = self.ihc.score(self._extra_column(self.ihc.measurement))
+        for name, key, _ in _TAIL_COLUMNS:
+            out[name] = self._column(key)
         return out
 
     def rows(self) -> Iterator[dict[str, float]]:

@@ -118,7 +118,9 @@ def write_outputs(
     """Write the set (the partial one when ``complete`` is false); return the paths written.
 
     ``sidecar`` is the run's description (parameters, tiles, error, where the mpp came from); the
-    sidecar adds ``complete``, the nucleus count and the files. Raises ``OSError`` naming the file
+    sidecar adds ``complete``, the nucleus count, the files, the measurement columns and, for IHC
+    runs (``nuclei.ihc`` set), the positivity summary (counts per class, "Positive %", "H-score").
+    Raises ``OSError`` naming the file
     that could not be written, after removing every temporary file: nothing is replaced then.
     """
     target = outputs if complete else outputs.partial()
@@ -129,8 +131,13 @@ def write_outputs(
         writers.append(lambda p: write_csv(nuclei, p))
     record = {
         "complete": complete, "nuclei": len(nuclei), **dict(sidecar),
-        "files": [str(p) for p in target.files()[:-1]],
+        "files": [str(p) for p in target.files()[:-1]], "measurements": list(nuclei.measurements()),
     }
+    if nuclei.ihc is not None:  # IHC runs: QuPath's positivity summary of what was written
+        from .ihc import summarize
+
+        record["ihc"] = {"thresholds": list(nuclei.ihc.thresholds), "measurement": nuclei.ihc.measurement,
+                         **summarize(nuclei).as_dict()}
     writers.append(lambda p: _write_json(p, record))
     for final in files:  # found now, not half way through the renames
         if final.is_dir():
