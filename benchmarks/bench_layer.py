@@ -55,7 +55,7 @@ def measure(polygons: np.ndarray, extent: int, args: argparse.Namespace, *, base
 
     from napari_hoverfast._display import DisplayOptions
     from napari_hoverfast._widget import HoverFastWidget
-    from napari_hoverfast.core.nuclei import AREA_UM2, PROBABILITY, Nuclei
+    from napari_hoverfast.core.nuclei import PROBABILITY, Nuclei
     from napari_hoverfast.core.pipeline import NucleusBatch
 
     count = len(polygons)
@@ -71,14 +71,14 @@ def measure(polygons: np.ndarray, extent: int, args: argparse.Namespace, *, base
         levels, multiscale=True, rgb=True, scale=(MPP, MPP), name="slide",
         metadata={"path": "synthetic.tif", "mpp": MPP, "level_dimensions": [[extent, extent]]},
     )
-    widget = HoverFastWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-hoverfast", "HoverFast nuclei")  # as users open it
+    assert isinstance(widget, HoverFastWidget)
     if baseline:
         widget.display_options = DisplayOptions(max_outlines=10**9)
     viewer.reset_view()
     app.processEvents()
     layer = widget.nuclei_layer(image, create=True)
-    run = widget._begin(None, layer)
-    widget._run = run
+    run = widget.session.begin(widget.display(layer))  # the widget's run, fed with synthetic batches
     app.processEvents()
 
     slowest = busy = 0.0
@@ -87,19 +87,17 @@ def measure(polygons: np.ndarray, extent: int, args: argparse.Namespace, *, base
     for first in range(0, count, args.batch):
         batch = found.append(polygons[first : first + args.batch], 0.9, first // args.batch)
         t0 = time.perf_counter()
-        widget._on_yielded(NucleusBatch(nuclei=batch, tiles=(first // args.batch,)))
+        run.receive(NucleusBatch(nuclei=batch, tiles=(first // args.batch,)))
         app.processEvents()
         spent = time.perf_counter() - t0
         slowest, busy = max(slowest, spent), busy + spent
         time.sleep(args.interval)  # the engine computing the next tile; the viewer is free
     t0 = time.perf_counter()
-    widget._flush(run)  # what the end of a run does: show the batches still waiting
-    run.display.recolor(AREA_UM2)
+    widget.session.end()  # what the end of a run does: show the batches still waiting, colour by the data
     app.processEvents()
     spent = time.perf_counter() - t0
     slowest, busy = max(slowest, spent), busy + spent
     total = time.perf_counter() - start
-    widget._run = None
     assert len(widget.display(layer).nuclei) == count
 
     out = {"busy": busy, "total": total, "longest": slowest}

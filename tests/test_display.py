@@ -9,12 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shapely
-
 from _plugin import open_widget
+
+from napari_hoverfast._display import ALL, OUTLINES, OVERVIEW, DisplayOptions
 from napari_hoverfast._layers import same_layer
-from napari_hoverfast._display import ALL, OUTLINES, OVERVIEW, OVERVIEW_KEY, DisplayOptions
+from napari_hoverfast._overlays import OVERVIEW_KEY
 from napari_hoverfast._sample_data import sample_tile
-from napari_hoverfast._widget import NO_COLOR, HoverFastWidget
+from napari_hoverfast._widget import NO_COLOR
 from napari_hoverfast.core.geojson import read_geojson
 from napari_hoverfast.core.nuclei import AREA_UM2, Nuclei
 from napari_hoverfast.core.pipeline import NucleusBatch
@@ -45,15 +46,13 @@ def big(make_napari_viewer):
     widget.display_options = DisplayOptions(max_outlines=LIMIT)
     viewer.reset_view()
     layer = widget.nuclei_layer(image, create=True)
-    run = widget._begin(None, layer)
-    widget._run = run
+    run = widget.session.begin(widget.display(layer))  # batches handed in as a run's would be
     polygons = grid_nuclei()
     found = Nuclei(MPP)
     for tile, first in enumerate(range(0, len(polygons), 100)):
         batch = found.append(polygons[first : first + 100], 0.9, tile)
-        widget._on_yielded(NucleusBatch(nuclei=batch, tiles=(tile,)))
-    widget._flush(run)
-    widget._run = None
+        run.receive(NucleusBatch(nuclei=batch, tiles=(tile,)))
+    widget.session.end()
     return viewer, widget, layer, polygons
 
 
@@ -177,12 +176,10 @@ def test_colour_scale_and_second_run_over_a_large_result(big):
     assert layer.metadata["color_limits"][AREA_UM2][0] < layer.metadata["color_limits"][AREA_UM2][1]
 
     # the same nuclei again (another run over the same area): nothing is added
-    run = widget._begin(None, layer)
-    widget._run = run
+    run = widget.session.begin(display)
     again = Nuclei(MPP)
-    widget._on_yielded(NucleusBatch(nuclei=again.append(polygons[:300], 0.9, 0), tiles=(0,)))
-    widget._flush(run)
-    widget._run = None
+    run.receive(NucleusBatch(nuclei=again.append(polygons[:300], 0.9, 0), tiles=(0,)))
+    widget.session.end()
     assert run.added == 0 and run.duplicates == 300 and layer.metadata["nuclei_total"] == len(polygons)
 
 
@@ -192,11 +189,9 @@ def test_small_results_keep_every_outline_and_no_overview(make_napari_viewer):
     image = viewer.add_image(data, **kwargs)
     widget = open_widget(viewer)
     layer = widget.nuclei_layer(image, create=True)
-    run = widget._begin(None, layer)
-    widget._run = run
-    widget._on_yielded(NucleusBatch(nuclei=Nuclei(MPP).append(grid_nuclei()[:100], 0.9, 0), tiles=(0,)))
-    widget._flush(run)
-    widget._run = None
+    run = widget.session.begin(widget.display(layer))
+    run.receive(NucleusBatch(nuclei=Nuclei(MPP).append(grid_nuclei()[:100], 0.9, 0), tiles=(0,)))
+    widget.session.end()
     viewer.reset_view()
     widget.update_views()
     assert layer.metadata["display"] == ALL and layer.nshapes == 100
@@ -208,7 +203,7 @@ def test_deleting_the_nuclei_layer_removes_its_overview(big, qtbot):
     overview = widget.display(layer).overview
     viewer.layers.remove(layer)
     qtbot.waitUntil(lambda: overview not in viewer.layers, timeout=5000)
-    assert widget._displays == {}
+    assert widget.current_display() is None
 
 
 def test_closing_and_reopening_the_widget_keeps_every_nucleus(big, qtbot, tmp_path):
@@ -218,7 +213,7 @@ def test_closing_and_reopening_the_widget_keeps_every_nucleus(big, qtbot, tmp_pa
     widget.update_views()
     viewer.window.remove_dock_widget(widget.native)
     widget.native.deleteLater()  # napari keeps a removed dock's widget: delete it, as Qt does at exit
-    qtbot.waitUntil(lambda: widget._alive["closed"], timeout=5000)
+    qtbot.waitUntil(lambda: widget.session.closed, timeout=5000)
     layer.remove([0])  # an edit while no widget is open: the layer keeps it, the container not yet
 
     again = open_widget(viewer)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
-
 from _plugin import open_widget
-from napari_hoverfast import _widget
+
+from napari_hoverfast import _session
 from napari_hoverfast._sample_data import sample_slide, sample_tile
 from napari_hoverfast._widget import (
     MODEL_FILE,
@@ -125,8 +125,13 @@ def test_synchronous_run_on_rectangles_fills_one_aligned_layer(make_napari_viewe
     assert layer.name == "H&E tile (40×) nuclei"
     assert np.allclose(layer.scale, image.scale) and np.allclose(layer.translate, image.translate)
     assert layer.nshapes > 0 and set(layer.shape_type) == {"polygon"}
-    assert np.allclose(layer.face_color[:, 3], 0) and np.allclose(layer.edge_width, 1.0)
-    assert list(layer.features.columns) == list(Nuclei(MPP).measurements())
+    assert np.allclose(layer.face_color[:, 3], 0)
+    # outlines ~1.75 screen px wide at this zoom (napari's edge width is in data units: level-0 px here)
+    screen_px = np.asarray(layer.edge_width) * viewer.scene.camera.zoom * layer.scale[-1]
+    assert np.allclose(screen_px, screen_px[0]) and 1.5 <= screen_px[0] <= 2.1
+    # every measurement the engine made is a feature (the shape columns and whatever the engine adds)
+    assert list(layer.features.columns) == list(widget.display(layer).nuclei.measurements())
+    assert set(Nuclei(MPP).measurements()) <= set(layer.features.columns)
     assert len(layer.features) == layer.nshapes
     # level-0 boxes of the rectangles: µm / mpp, pixel edges at ±0.5 of napari's centres
     boxes = [(40, 40, 401, 401), (600, 600, 921, 801)]  # x0, y0, x1, y1
@@ -249,19 +254,19 @@ def test_batches_arriving_together_are_shown_together(make_napari_viewer, monkey
     image = add_sample(viewer)
     widget = open_widget(viewer)
     layer = widget.nuclei_layer(image, create=True)
-    run = widget._begin(None, layer)
-    widget._run = run
-    monkeypatch.setattr(_widget, "FLUSH_MIN_SECONDS", 3600.0)
+    run = widget.session.begin(widget.display(layer))
+    monkeypatch.setattr(_session, "FLUSH_MIN_SECONDS", 3600.0)
     found = Nuclei(MPP)  # one container hands out a run's batches, as in the engine
     squares = [shapely.box(x, y, x + 12, y + 12) for x in range(20, 320, 20) for y in (20, 40, 60)]
     for tile in range(3):
         batch = found.append(squares[15 * tile : 15 * (tile + 1)], 0.9, tile)
-        widget._on_yielded(NucleusBatch(nuclei=batch, tiles=(tile,)))
-    assert layer.nshapes == 15 and len(run.pending) == 30
-    widget._flush(run)
-    assert layer.nshapes == 45 and run.pending is None and run.added == 45
+        run.receive(NucleusBatch(nuclei=batch, tiles=(tile,)))
+    assert layer.nshapes == 15 and run.pending_count == 30
+    run.flush()
+    assert layer.nshapes == 45 and run.pending_count == 0 and run.added == 45
     assert sorted(layer.features[TILE].tolist()) == [0] * 15 + [1] * 15 + [2] * 15
-    widget._run = None
+    widget.session.end()
+    assert not widget.running
 
 
 def test_threaded_run_matches_synchronous(make_napari_viewer, checkpoint, qtbot):
@@ -293,7 +298,7 @@ def test_whole_slide_threaded_nearest_first_responsive_and_cancelled(make_napari
     camera.zoom = 4.0
     widget.run()
     assert widget.running
-    worker = widget._worker
+    worker = widget.session.worker
 
     # pan and zoom while it runs: the event loop keeps turning
     gaps, moves, last = [], 0, time.perf_counter()
@@ -339,7 +344,7 @@ def test_closing_the_viewer_during_a_run(make_napari_viewer, checkpoint, qtbot, 
     widget = make_widget(viewer, checkpoint, synchronous=False)
     widget.scope.value = SCOPE_WHOLE
     widget.run()
-    worker = widget._worker
+    worker = widget.session.worker
     qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=60_000)
     viewer.close()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)

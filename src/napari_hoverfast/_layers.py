@@ -1,14 +1,16 @@
-"""Slides and polygons as napari layer data, in µm: the one place where (x, y) becomes (row, col).
+"""Slides, polygons and the view as napari layer data: the one place where (x, y) becomes (row, col).
 
 The core speaks level-0 pixels with x right and y down, and pixel (row r, col c) covers the square
 ``[c, c+1] × [r, r+1]`` (QuPath's convention). napari speaks (row, col) and puts a pixel's *centre* at
 its index. Over an image layer of ``scale = (mpp, mpp)``, the level-0 point (x, y) is therefore the
 world point ``((y - 0.5)·mpp, (x - 0.5)·mpp)`` in µm; without a pixel size, mpp counts as 1 and the
-world is in pixels. No Qt here.
+world is in pixels. Everything that crosses between the two (polygons, the area on screen, drawn
+rectangles, rasters laid over the slide) goes through the functions here. No Qt here.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from .core.slide import Slide
+    from .core.tiling import Box
 
 __all__ = [
     "LayerDataTuple",
@@ -253,3 +256,124 @@ def find_layer(layers: Iterable[Any], token: str | None) -> Any | None:
 def has_layer(layers: Iterable[Any], layer: Any) -> bool:
     """Whether ``layer`` (or another proxy of it) is among ``layers``."""
     return any(same_layer(layer, other) for other in layers)
+
+
+# --- the view and the slide's frame (the widget's regions, outlines, overlays) ------------------------
+
+#: Level-0 box (x0, y0, x1, y1), half-open.
+Box4 = tuple[float, float, float, float]
+
+
+def camera_of(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` in napari ≥ 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def slide_size(layer: Any) -> tuple[int, int]:
+    """(width, height) of an image layer's level 0."""
+    dims = layer.metadata.get("level_dimensions")
+    if dims:
+        return int(dims[0][0]), int(dims[0][1])
+    data = layer.data[0] if layer.multiscale else layer.data
+    shape = data.shape[:2] if layer.rgb else data.shape[-2:]
+    return int(shape[1]), int(shape[0])
+
+
+def _padded(viewer: Any, layer: Any, points: Any) -> npt.NDArray[np.float64]:
+    """2-D world (row, col) points padded with the viewer's other world coordinates to the layer's ndim."""
+    pts = np.atleast_2d(np.asarray(points, dtype=np.float64))[:, -2:]
+    extra = layer.ndim - 2
+    if extra > 0:
+        lead = np.asarray(viewer.dims.point[:extra], dtype=np.float64)
+        pts = np.hstack([np.tile(lead, (len(pts), 1)), pts])
+    return pts
+
+
+def level0_edges(viewer: Any, layer: Any, world_points: Any) -> Box4:
+    """Level-0 (x0, y0, x1, y1) spanned by world (row, col) points over the image ``layer``, unclipped."""
+    data = np.array([layer.world_to_data(tuple(p)) for p in _padded(viewer, layer, world_points)], dtype=np.float64)[:, -2:]
+    data += 0.5  # data (row, col) puts a pixel's centre at its index: its edges are ±0.5
+    (r0, c0), (r1, c1) = data.min(axis=0), data.max(axis=0)
+    return float(c0), float(r0), float(c1), float(r1)
+
+
+def level0_point(viewer: Any, layer: Any, world_point: Any) -> tuple[float, float]:
+    """The level-0 point (x, y) at world (row, col) ``world_point`` over the image ``layer``."""
+    x0, y0, _, _ = level0_edges(viewer, layer, [world_point])
+    return x0, y0
+
+
+def world_point(layer: Any, x: float, y: float) -> tuple[float, float]:
+    """The world (row, col) of level-0 point (x, y) over the image ``layer`` (its last two axes)."""
+    data = np.zeros(layer.ndim)
+    data[-2:] = (y - 0.5, x - 0.5)
+    row, col = np.asarray(layer.data_to_world(tuple(data)), dtype=np.float64)[-2:]
+    return float(row), float(col)
+
+
+def view_edges(viewer: Any, layer: Any) -> Box4 | None:
+    """The level-0 area (x0, y0, x1, y1) on the canvas over ``layer``, unclipped; None before the canvas has a size."""
+    rows, cols = viewer.canvas.size
+    camera = camera_of(viewer)
+    zoom = camera.zoom
+    if not zoom or rows <= 0 or cols <= 0:
+        return None
+    cy, cx = camera.center[-2:]
+    hr, hc = rows / (2 * zoom), cols / (2 * zoom)
+    return level0_edges(viewer, layer, [(cy - hr, cx - hc), (cy + hr, cx + hc)])
+
+
+def clip_box(edges: Box4, size: tuple[int, int]) -> Box | None:
+    """Whole level-0 pixels covering ``edges`` (x0, y0, x1, y1) within a slide of ``size`` (w, h), or None."""
+    from .core.tiling import Box
+
+    x0, y0 = max(math.floor(edges[0]), 0), max(math.floor(edges[1]), 0)
+    x1, y1 = min(math.ceil(edges[2]), size[0]), min(math.ceil(edges[3]), size[1])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return Box(x0, y0, x1 - x0, y1 - y0)
+
+
+def shape_boxes(viewer: Any, image: Any, shapes: Any) -> list[Box]:
+    """Level-0 boxes (clipped to the slide) around each shape of a Shapes layer that lies on ``image``."""
+    size = slide_size(image)
+    boxes = []
+    for vertices in shapes.data:
+        world = np.array([shapes.data_to_world(v) for v in np.asarray(vertices)], dtype=np.float64)
+        box = clip_box(level0_edges(viewer, image, world), size)
+        if box is not None:
+            boxes.append(box)
+    return boxes
+
+
+def screen_px_per_level0(viewer: Any, layer: Any) -> float:
+    """How many screen pixels one level-0 pixel of ``layer`` spans at the current zoom."""
+    return float(camera_of(viewer).zoom) * float(abs(layer.scale[-1]))
+
+
+def raster_placement(layer: Any, factor: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``scale`` and ``translate`` of an image whose pixel j covers level-0 ``[j·f, (j+1)·f)`` over ``layer``.
+
+    Its centre (j + ½)·f is data index (j + ½)·f − ½ of ``layer``.
+    """
+    scale = np.asarray(layer.scale[-2:], dtype=np.float64)
+    translate = np.asarray(layer.translate[-2:], dtype=np.float64) + scale * (factor / 2 - 0.5)
+    return (float(scale[0] * factor), float(scale[1] * factor)), (float(translate[0]), float(translate[1]))
+
+
+def shapes_extent(layer: Any) -> tuple[int, int]:
+    """(width, height) in level-0 px covering a Shapes layer of level-0 (row, col) data."""
+    if not layer.nshapes:
+        return 1, 1
+    corner = np.max([np.asarray(v)[:, -2:].max(axis=0) for v in layer.data], axis=0)
+    return int(corner[1]) + 2, int(corner[0]) + 2
+
+
+def frame_kwargs(layer: Any) -> dict[str, Any]:
+    """``units`` and ``axis_labels`` of ``layer``'s last two axes, for a layer laid over it (napari
+    warns when the layers of a viewer disagree on units)."""
+    units = getattr(layer, "units", None)
+    if units is None or not _napari_has_units():
+        return {}
+    return {"units": tuple(units[-2:]), "axis_labels": tuple(layer.axis_labels[-2:])}

@@ -1,0 +1,127 @@
+"""The dock widget's controls: what each is, what it says when hovered, and where it sits.
+
+Only construction and layout: the behaviour is in ``_widget.py``. The controls are attributes of a
+magicgui ``Container`` (the napari plugin template's pattern), so tests set ``.value`` and press
+buttons as a user would. Units are written one way throughout, as the measurements name them
+("µm^2", "µm/px"). Device, batch size, tile size and the cache sit under "Advanced".
+"""
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+
+from ._colours import SINGLE_COLOURS, colour_choices
+from .core.nuclei import AREA_UM2, Nuclei
+
+SCOPE_RECTANGLES = "Rectangles in a Shapes layer"
+SCOPE_VIEW = "Current view"
+SCOPE_WHOLE = "Whole slide"
+MODEL_DEFAULT = "Embedded default"
+MODEL_FILE = "Checkpoint file (.pth)"
+
+
+def _tip(widget, text: str):  # noqa: ANN001, ANN202 - any magicgui widget, returned as given
+    widget.tooltip = text
+    return widget
+
+
+class HoverFastForm(Container):
+    """Every control of the dock widget, laid out; no behaviour."""
+
+    def __init__(self, *, has_default_model: bool) -> None:
+        super().__init__(scrollable=False)
+        t = _tip
+        self.image = t(ComboBox(label="Image"), "The image to segment. Layers HoverFast made (nuclei, overlays) are not offered.")
+        self.pixel_size = t(FloatSpinBox(label="Pixel size (µm/px)", value=0.0, min=0.0, max=20.0, step=0.001),
+                            "µm per pixel of the scan at full resolution (0.25 at 40×, 0.5 at 20×). Shown only when the "
+                            "image does not say it; a run needs it: areas and the model's working resolution follow from it.")
+        self.pixel_hint = Label(label="", value="")
+        models = [MODEL_DEFAULT, MODEL_FILE] if has_default_model else [MODEL_FILE]
+        self.model_choice = t(ComboBox(label="Model", choices=models, value=models[0]),
+                              "The network: the model embedded in the plugin, or a HoverFast checkpoint of your own.")
+        self.model_path = t(FileEdit(label="Checkpoint", mode="r", filter="*.pth", nullable=True),
+                            "A HoverFast checkpoint (.pth, or .safetensors weights).")
+        self.model_info = Label(label="", value="")
+        self.scope = t(ComboBox(label="Scope", choices=[SCOPE_VIEW, SCOPE_RECTANGLES, SCOPE_WHOLE], value=SCOPE_VIEW),
+                       "What to segment: what the canvas shows now, the rectangles you drew, or all tissue of the slide "
+                       "(tiles nearest the view first).")
+        self.shapes_layer = t(ComboBox(label="Rectangles", nullable=True),
+                              "The Shapes layer whose shapes (their bounding boxes) are the regions to segment.")
+        self.draw_button = t(PushButton(text="Draw region"),
+                             "Add (or select) this image's regions layer and start drawing a rectangle on the canvas.")
+        self.skip_glass = t(CheckBox(text="Skip glass", value=True),
+                            "Segment only tiles that touch tissue (the slide's tissue mask); glass is left out.")
+        self.stain = t(ComboBox(label="Stain", choices=[("H&E", "he"), ("IHC (DAB)", "ihc_dab")], value="he"),
+                       "H&E, or IHC with a DAB stain (the haematoxylin channel is segmented).")
+        self.min_area = t(FloatSpinBox(label="Min area (µm^2)", value=5.0, min=0.0, max=1000.0, step=0.5),
+                          "Nuclei smaller than this are dropped. Changing it updates the nuclei from the cache in seconds.")
+        self.max_area = t(FloatSpinBox(label="Max area (µm^2)", value=0.0, min=0.0, max=100000.0, step=10.0),
+                          "Nuclei larger than this are dropped (0: no maximum). Updates from the cache, like Min area.")
+        self.threshold = t(FloatSpinBox(label="Probability threshold", value=0.5, min=0.05, max=0.95, step=0.05),
+                           "Pixels whose nucleus probability is above this are nucleus. Lower: larger and more nuclei. "
+                           "Updates from the cache, without running the network.")
+        self.run_button = t(PushButton(text="Run"), "Segment the scope with these settings. After Cancel, Run continues "
+                            "where it stopped (tiles done come from the cache).")
+        self.cancel_button = t(PushButton(text="Cancel", enabled=False),
+                               "Stop after the batch in progress; the nuclei found so far stay.")
+        self.progress = t(ProgressBar(label="", value=0, min=0, max=1, visible=False), "Tiles done of the run's tiles.")
+        self.status = Label(label="", value="")
+        columns = colour_choices(Nuclei(0.25).measurements())  # more appear with the results' own columns
+        self.color_by = t(ComboBox(label="Colour by", choices=columns, value=AREA_UM2),
+                          "Colour the outlines by a measurement (every numeric column of the results), or one colour.")
+        self.single_colour = t(ComboBox(label="Colour", choices=list(SINGLE_COLOURS), value=next(iter(SINGLE_COLOURS))),
+                               "The outline colour when colouring by one colour.")
+        self.legend_bar = t(Label(label="", value=""), "The colour scale: low values on the left, high on the right.")
+        self.legend_text = Label(label="", value="")
+        self.show_tissue = t(CheckBox(text="Show tissue mask", value=False),
+                             "Show in green where the slide's tissue is (what Skip glass keeps).")
+        self.show_coverage = t(CheckBox(text="Show tiles done", value=False),
+                               "Show the tiles segmented so far: blue, or cyan where their maps are in the cache.")
+        self.nucleus_info = Label(label="", value="Click a nucleus to see its measurements")
+        self.export_button = t(PushButton(text="Export GeoJSON + CSV…"),
+                               "Write the nuclei layer as QuPath GeoJSON, its measurements as CSV, and the run's "
+                               "parameters (.run.json) beside them.")
+        self.show_advanced = t(CheckBox(text="Advanced settings", value=False),
+                               "Device, batch size, tile size and the tile cache.")
+        self.device = t(ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto"),
+                        "Where the network runs: auto picks a GPU when there is one.")
+        self.batch_size = t(SpinBox(label="Batch size (0: auto)", value=0, min=0, max=256),
+                            "Tiles per forward pass (0: chosen for the device). Larger needs more GPU memory.")
+        self.tile_size = t(SpinBox(label="Tile size (px)", value=2048, min=128, max=4096, step=64),
+                           "Network input size in working pixels. Changing it invalidates the cached tiles.")
+        self.use_cache = t(CheckBox(text="Keep the network's output (resume, re-threshold)", value=True),
+                           "Keep each tile's network output on disk (5 GB at most), so Run continues after Cancel and "
+                           "threshold changes update in seconds.")
+        self.clear_cache_button = t(PushButton(text="Clear cache"), "Delete every cached tile.")
+        self.advanced = Container(widgets=[self.device, self.batch_size, self.tile_size, self.use_cache,
+                                           self.clear_cache_button], visible=False)
+        self.extend([
+            self.image, self.pixel_size, self.pixel_hint, self.model_choice, self.model_path, self.model_info,
+            self.scope, self.shapes_layer, self.draw_button, self.skip_glass, self.stain,
+            self.min_area, self.max_area, self.threshold, self.run_button, self.cancel_button, self.progress,
+            self.status, self.color_by, self.single_colour, self.legend_bar, self.legend_text,
+            self.show_tissue, self.show_coverage, self.nucleus_info, self.export_button,
+            self.show_advanced, self.advanced,
+        ])
+        for label in (self.model_info, self.status, self.pixel_hint, self.nucleus_info, self.legend_text):
+            label.native.setWordWrap(True)
+        self.show_advanced.changed.connect(lambda on: setattr(self.advanced, "visible", bool(on)))
+
+    def set_running(self, running: bool) -> None:
+        """Run and Cancel, the progress bar and the controls a run reads, for a run starting or ending."""
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
+        self.progress.visible = True
+
+    def reset_progress(self) -> None:
+        """An error or a refused run: no bar left standing at a count that is not true."""
+        self.progress.value = 0
+        self.progress.visible = False
