@@ -54,3 +54,25 @@ def test_malloc_tuning_is_applied_in_a_fresh_process() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     assert out.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")
+
+
+def test_post_processing_workers_start_once_per_process(shared_dir) -> None:
+    import os
+
+    from napari_hoverfast.core import worker_pool
+    from napari_hoverfast.core.default_model import load_model
+    from napari_hoverfast.core.pipeline import RunOptions, run_to_end, segment_slide
+    from napari_hoverfast.core.slide import Slide
+    from napari_hoverfast.core.tiling import Box, TilingOptions
+
+    model = load_model(None, device="cpu")
+    options = RunOptions(tiling=TilingOptions(tile=256), workers=1, precision="fp32")
+    pids = []
+    with Slide(shared_dir / "data" / "tcga_tile.png", mpp=0.25) as slide:
+        for _ in range(2):
+            result = run_to_end(segment_slide(slide, model, [Box(0, 0, 512, 512)], options))
+            assert result.complete and len(result.nuclei) > 20
+            pool = worker_pool.shared_worker_pool(1)
+            pids.append(pool.submit(os.getpid).result())
+    assert pids[0] == pids[1] != os.getpid()  # the same worker served both runs
+    worker_pool.discard_worker_pool(pool)

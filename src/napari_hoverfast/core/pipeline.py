@@ -42,7 +42,7 @@ from .measurements import stain_columns
 from .stages import Reader, TileNuclei, TileWork, drop_seam_copies, neighbours, postprocess_tile, predict_batch
 from .tiling import Box, TileSpec, TilingOptions, keep_boxes, order_by_distance, plan_tiles, post_window
 from .tissue import TissueMask, tiles_on_tissue
-from .worker_pool import start_worker_pool
+from .worker_pool import discard_worker_pool, shared_worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ def segment_slide(
         workers = usable_cores()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hoverfast-post")
     elif workers > 0:
-        pool = start_worker_pool(workers)  # started with Ctrl-C blocked: no worker traceback
+        pool = shared_worker_pool(workers)  # once per process, started with Ctrl-C blocked: no worker traceback
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoverfast-cache") if cache is not None else None
     pending: deque[tuple[TileSpec, Future[Any] | TileNuclei, TileMaps]] = deque()
     timings = {"read": 0.0, "forward": 0.0, "postprocess": 0.0, "cache_read": 0.0}
@@ -434,7 +434,13 @@ def segment_slide(
         if reader is not None:
             reader.close()
             timings["read"] = reader.seconds
-        if pool is not None:
+        if isinstance(pool, ProcessPoolExecutor):
+            for _, outcome, _ in pending:  # a run that ends early gives up its own tiles, not the pool
+                if isinstance(outcome, Future):
+                    outcome.cancel()
+            if broken or result.interrupted:
+                discard_worker_pool(pool)
+        elif pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
         if writer is not None:
             writer.shutdown(wait=True)  # every predicted tile reaches the cache: the next run resumes

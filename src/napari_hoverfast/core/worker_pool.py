@@ -6,12 +6,19 @@ a Ctrl-C in that window ends the worker with a ``KeyboardInterrupt`` traceback i
 import. So the workers are started here, all at once, with SIGINT blocked in the starting thread:
 a blocked signal stays blocked across ``exec``, so a worker never sees one, and the Ctrl-C that
 arrives meanwhile reaches the run (which stops them) as soon as the mask is restored.
+
+Starting spawned workers costs seconds (each imports torch, scipy, shapely), so a process keeps one
+pool for all its runs (``shared_worker_pool``): the widget's second Run and a cohort worker's next
+slide find it started. A run that ends early cancels its own pending tiles, not the pool; a pool
+that broke is replaced; the pool is shut down when the process exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor
 
 from .stages import ignore_interrupts
@@ -32,3 +39,37 @@ def start_worker_pool(workers: int) -> ProcessPoolExecutor:
         if previous is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return pool
+
+
+_lock = threading.Lock()
+_shared: list[tuple[int, ProcessPoolExecutor]] = []  # at most one (size, pool)
+
+
+def shared_worker_pool(workers: int) -> ProcessPoolExecutor:
+    """This process's pool of ``workers`` post-processing processes, started on first use."""
+    with _lock:
+        if _shared:
+            size, pool = _shared[0]
+            if size == workers and not getattr(pool, "_broken", False):
+                return pool
+            _shared.clear()
+            pool.shutdown(wait=False, cancel_futures=True)
+        pool = start_worker_pool(workers)
+        _shared.append((workers, pool))
+        return pool
+
+
+def discard_worker_pool(pool: ProcessPoolExecutor) -> None:
+    """Shut ``pool`` down and forget it (it broke, or the run was interrupted): the next run starts afresh."""
+    with _lock:
+        if _shared and _shared[0][1] is pool:
+            _shared.clear()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+@atexit.register
+def _shutdown() -> None:
+    with _lock:
+        for _, pool in _shared:
+            pool.shutdown(wait=False, cancel_futures=True)
+        _shared.clear()
