@@ -2,7 +2,7 @@
 against the same stages run one after another, in the same process.
 
     python benchmarks/bench_engine.py [--image ../shared/data/tcga_tile.png]
-        [--model ../shared/reference/ckpt_A.pth] [--tile 512] [--repeat 1]
+        [--model ../shared/reference/ckpt_A.pth] [--tile 512] [--workers N] [--precision auto]
 
 Prints numbers; asserts nothing. The image is cut into overlapping tiles (``--tile``; 512 gives
 3×3 tiles of the 1024² tile) so there is something to overlap.
@@ -47,7 +47,7 @@ def sequential(slide: Slide, model, region: Box, options: RunOptions) -> tuple[i
         window = post_window(spec, tiling, bounds.scaled(geometry.scale))
         (maps,) = predict_batch(predictor, images, [spec], [window])
         t2 = time.perf_counter()
-        polygons, _ = postprocess_tile(maps, TileWork(spec, window, geometry.scale, post, (), bounds))
+        polygons = postprocess_tile(maps, TileWork(spec, window, geometry.scale, post, (), bounds)).polygons
         t3 = time.perf_counter()
         times["read"] += t1 - t0
         times["forward"] += t2 - t1
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--image", type=Path, default=SHARED / "data" / "tcga_tile.png")
     parser.add_argument("--model", type=Path, default=SHARED / "reference" / "ckpt_A.pth")
     parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=None, help="post-processing workers (default: the core plan)")
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
     model = load_checkpoint(args.model, device="cpu")
@@ -79,7 +79,11 @@ def main() -> None:
     for stage, seconds in times.items():
         print(f"  {stage:12s} {seconds / n_tiles:7.3f} s/tile (sequential)")
     print(f"sequential: {seq_s:7.2f} s, {n_seq} nuclei")
-    print(f"pipelined : {result.seconds:7.2f} s, {len(result.nuclei)} nuclei (workers={args.workers})")
+    from napari_hoverfast.core.pipeline import _default_workers
+
+    used = args.workers if args.workers is not None else _default_workers(n_tiles, "cpu")
+    print(f"pipelined : {result.seconds:7.2f} s, {len(result.nuclei)} nuclei (workers={used}, "
+          f"{'given' if args.workers is not None else 'the core plan'})")
     print(f"pipelined / sequential = {result.seconds / seq_s:.2f}  (speed-up ×{seq_s / result.seconds:.2f}; "
           f"bound by the slowest stage: forward {times['forward'] / seq_s:.0%} of sequential time)")
     if n_seq != len(result.nuclei):  # the run drops seam copies between neighbouring tiles; this loop does not
