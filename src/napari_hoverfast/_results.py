@@ -42,6 +42,7 @@ class ResultsPanel:
         self.widget = widget
         self.overlays: dict[tuple[str, str], Any] = {}  # (image token, kind) -> RasterOverlay
         w = widget
+        w.color_by.choices = self.colour_choices  # a callable: napari's reset_choices asks it again
         w.color_by.changed.connect(self.recolour)
         w.single_colour.changed.connect(self.recolour)
         w.export_button.changed.connect(self.export_clicked)
@@ -72,17 +73,22 @@ class ResultsPanel:
 
     # ---- colour and legend -------------------------------------------------------------------------
 
+    def colour_choices(self, *_: Any) -> list[str]:
+        """What "Colour by" offers now: every numeric measurement of the chosen image's nuclei (their columns
+        change with the engine: stain measurements, IHC scores), or the base columns before a run."""
+        display = self.widget.current_display(create=False)
+        return colour_choices(display.nuclei.measurements() if display is not None else Nuclei(0.25).measurements())
+
     def refresh_choices(self, display: NucleiDisplay | None) -> None:
-        """Offer every numeric measurement the results have (another agent may add columns any time)."""
+        """Offer the columns the results have now, keeping the user's choice when it is still there."""
         w = self.widget
-        columns = display.nuclei.measurements() if display is not None else Nuclei(0.25).measurements()
-        choices = colour_choices(columns)
-        if list(w.color_by.choices) != choices:
+        if list(w.color_by.choices) != self.colour_choices():
             current = w.color_by.value
             w.color_by.changed.disconnect(self.recolour)  # the choices changed, not the user's choice
             try:
-                w.color_by.choices = choices
-                w.color_by.value = current if current in choices else (choices[1] if len(choices) > 1 else NO_COLOR)
+                w.color_by.choices = ()  # emptied first: the combo box keeps old items in place otherwise
+                w.color_by.reset_choices()
+                w.color_by.value = current if current in w.color_by.choices else w.color_by.choices[0]
             finally:
                 w.color_by.changed.connect(self.recolour)
         w.single_colour.visible = w.color_by.value == NO_COLOR

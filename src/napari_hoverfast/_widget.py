@@ -226,6 +226,7 @@ class HoverFastWidget(HoverFastForm):
             job = self.prepare()
         except UserError as exc:
             self.report(str(exc))
+            self.reset_progress()
             return
         layer = self.nuclei_layer(self.image.value, create=True)
         self._start(job, layer, "Starting…")
