@@ -78,27 +78,53 @@ def with_stem_tag(path: str | os.PathLike[str], tag: str) -> Path:
     return path.with_name(f"{stem_of(path)}.{tag}{suffix}")
 
 
+def _classes(nuclei: Nuclei) -> list[tuple[str, tuple[int, int, int]] | None] | None:
+    """Each nucleus's QuPath class and colour (IHC classes in QuPath's colours), ``None`` if none has one."""
+    from .geojson import DEFAULT_COLOR
+    from .ihc import COLORS
+
+    names = nuclei.classifications()
+    if all(n is None for n in names):
+        return None
+    return [None if n is None else (n, COLORS.get(n, DEFAULT_COLOR)) for n in names]
+
+
 def write_geojson(nuclei: Nuclei, path: str | os.PathLike[str]) -> int:
-    """The nuclei as QuPath detections with their measurements (atomic); returns the count written."""
+    """The nuclei as QuPath detections with their measurements and classes (atomic); returns the count written.
+
+    Unclassified nuclei are QuPath class "Nucleus"; classified ones (IHC Negative/1+/2+/3+, or a
+    class read from a file) keep theirs.
+    """
     from .geojson import write_detections
 
     format_of(path, "geojson")
-    return write_detections(path, nuclei.polygons, nuclei.rows())
+    classes = _classes(nuclei)
+    if classes is None:
+        return write_detections(path, nuclei.polygons, nuclei.rows())
+    return write_detections(path, nuclei.polygons, nuclei.rows(), classifications=classes)
 
 
 def write_csv(nuclei: Nuclei, path: str | os.PathLike[str]) -> int:
-    """One row per nucleus (``id`` then its measurements), UTF-8, atomic; returns the row count.
+    """One row per nucleus (``id``, its "Classification" when any nucleus has one, then every
+    measurement column), UTF-8, atomic; returns the row count.
 
-    NaN values become empty cells. Geometry is not included: GeoJSON holds the outlines.
+    NaN values and missing classes become empty cells. Geometry is not included: GeoJSON holds the outlines.
     """
     from .geojson import _atomic_text_file
 
     format_of(path, "csv")
     measurements = nuclei.measurements()
-    columns = [nuclei.ids.tolist()] + [v.tolist() for v in measurements.values()]
+    header = ["id"]
+    columns = [nuclei.ids.tolist()]
+    classes = nuclei.classifications()
+    if any(c is not None for c in classes):
+        header.append("Classification")
+        columns.append(["" if c is None else c for c in classes])
+    header += list(measurements)
+    columns += [v.tolist() for v in measurements.values()]
     with _atomic_text_file(path, error=OSError, newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["id", *measurements])
+        writer.writerow(header)
         for row in zip(*columns, strict=True):
             writer.writerow(["" if isinstance(v, float) and not math.isfinite(v) else v for v in row])
     return len(nuclei)

@@ -12,8 +12,8 @@ colours brightened ×1.25), so QuPath shows imported nuclei as it shows its own.
 Input: the embedded model learnt haematoxylin nuclei on H&E. On IHC, brown (DAB) nuclei and the pale
 blue nuclei of a light counterstain both look unlike that; :func:`haematoxylin_like` redraws a tile
 as haematoxylin only, from ``3·(H − 0.05) + DAB`` optical density (capped at 1.2), so both kinds
-look like haematoxylin nuclei. On the two shared Ki67 tiles that takes matched nuclei from 79 to
-about 185 of 237 (``docs/MEASUREMENTS.md``; ``benchmarks/bench_ihc.py`` measures it).
+look like haematoxylin nuclei. On the two shared Ki67 tiles that takes the marked nuclei found from
+78 to 189 of 237 (``docs/MEASUREMENTS.md``; ``benchmarks/bench_ihc.py`` measures it).
 """
 
 from __future__ import annotations
