@@ -76,6 +76,15 @@ def _above(low: float) -> Callable[[Any], Any]:
     return check
 
 
+def _within(low: float, high: float) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low:g} to {high:g}, got {value:g}")
+        return value
+
+    return check
+
+
 _positive_int = _rule(int, _at_least(1))
 _positive_float = _rule(_finite, _above(0))
 _non_negative_float = _rule(_finite, _at_least(0))
@@ -99,6 +108,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mpp", type=_positive_float, default=None, help="µm per pixel when the file does not say")
     parser.add_argument("--min-area", type=_rule(_finite, limits.check_min_area), default=5.0, metavar="UM2", help="smallest nucleus, µm² (5)")
     parser.add_argument("--max-area", type=_rule(_finite, limits.check_max_area), default=None, metavar="UM2", help="largest nucleus, µm² (none)")
+    parser.add_argument("--min-solidity", type=_rule(_finite, _within(0, 1)), default=0.8,
+                        help="objects over 100 µm² need this solidity (0.8; 0 keeps ragged ones: keratin, clumps)")
     parser.add_argument("--prob-threshold", type=_rule(_finite, _above(0)), default=0.5, help="nucleus probability threshold (0.5)")
     parser.add_argument("--marker-threshold", type=_rule(_finite, _above(0)), default=0.4, help="watershed marker threshold on the edge energy (0.4)")
     parser.add_argument("--simplify", type=_non_negative_float, default=6.0,

@@ -69,6 +69,7 @@ class RunOptions:
     simplify: float = 6.0
     marker_threshold: float = 0.4
     mask_threshold: float = 0.5
+    min_solidity: float = 0.8
     workers: int | None = None
     read_ahead: int = 2
     #: IHC positivity thresholds (``stain="ihc_dab"`` runs classify nuclei Negative/1+/2+/3+).
@@ -89,7 +90,7 @@ class RunOptions:
         """The post-processing options at the working resolution (changing them re-uses cached maps)."""
         return PostprocessOptions(
             mpp=work_mpp, min_area_um2=self.min_area_um2, max_area_um2=self.max_area_um2, simplify=self.simplify,
-            marker_threshold=self.marker_threshold, mask_threshold=self.mask_threshold,
+            marker_threshold=self.marker_threshold, mask_threshold=self.mask_threshold, min_solidity=self.min_solidity,
         )
 
 

@@ -243,3 +243,19 @@ def labels_to_polygons(
     return out
 
 
+
+
+def drop_ragged(pairs: list[tuple[int, Polygon]], *, above_px: float, min_solidity: float) -> list[tuple[int, Polygon]]:
+    """``pairs`` without the large objects of low solidity (area over convex-hull area).
+
+    Nuclei are convex or nearly (solidity ≥ 0.9 for most); what the network draws over keratin,
+    cornified layers or merged clumps is large and ragged. Only objects above ``above_px`` are
+    tested, so small irregular nuclei stay; ``min_solidity`` 0 keeps everything.
+    """
+    if min_solidity <= 0 or not pairs:
+        return pairs
+    polys = np.array([p for _, p in pairs], dtype=object)
+    area = shapely.area(polys)
+    solidity = area / np.maximum(shapely.area(shapely.convex_hull(polys)), 1e-12)
+    keep = (area <= above_px) | (solidity >= min_solidity)
+    return [pair for pair, k in zip(pairs, keep, strict=True) if k]

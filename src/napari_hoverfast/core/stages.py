@@ -94,7 +94,7 @@ def postprocess_tile(maps: TileMaps, work: TileWork) -> TileNuclei:
         prob, hv, marker_threshold=post.marker_threshold, min_marker_px=post.min_marker_px,
         blur_sigma=post.blur_sigma, mask_threshold=post.mask_threshold,
     )
-    pairs = labels_to_polygons(labels, min_area_px=post.min_area_px, max_area_px=post.max_area_px, simplify=post.simplify)
+    pairs = post.shape_rule(labels_to_polygons(labels, min_area_px=post.min_area_px, max_area_px=post.max_area_px, simplify=post.simplify))
     if not pairs:
         return TileNuclei.empty()
     ids = np.array([label for label, _ in pairs])
