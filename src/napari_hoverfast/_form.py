@@ -16,6 +16,8 @@ from magicgui.widgets import (
     ProgressBar,
     PushButton,
     SpinBox,
+    Table,
+    TextEdit,
 )
 
 from ._colours import SINGLE_COLOURS, colour_choices
@@ -33,6 +35,36 @@ def _tip(widget, text: str):  # noqa: ANN001, ANN202 - any magicgui widget, retu
     return widget
 
 
+def _note(lines: int, tooltip: str) -> TextEdit:
+    """Read-only text that wraps to the dock's width in a fixed number of lines (scrolls beyond).
+
+    A word-wrapped QLabel in napari's dock is given the height of its first layout and clips what
+    wraps further; a frameless read-only text box keeps its height whatever the dock's width.
+    """
+    note = TextEdit(label="", value="", tooltip=tooltip)
+    note.read_only = True
+    native = note.native
+    native.setFrameStyle(0)
+    native.setStyleSheet("QTextEdit { background: transparent; }")
+    native.document().setDocumentMargin(1)
+    native.setFixedHeight(int(native.fontMetrics().lineSpacing() * lines + 12))
+    return note
+
+
+def _line(label: Label) -> Label:
+    """A one-line label that takes the row's width, left-aligned (its text changes after layout)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    label.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+    return label
+
+
+def _heading(text: str) -> Label:
+    return _line(Label(label="", value=f"<b>{text}</b>"))
+
+
 class HoverFastForm(Container):
     """Every control of the dock widget, laid out; no behaviour."""
 
@@ -43,13 +75,13 @@ class HoverFastForm(Container):
         self.pixel_size = t(FloatSpinBox(label="Pixel size (µm/px)", value=0.0, min=0.0, max=20.0, step=0.001),
                             "µm per pixel of the scan at full resolution (0.25 at 40×, 0.5 at 20×). Shown only when the "
                             "image does not say it; a run needs it: areas and the model's working resolution follow from it.")
-        self.pixel_hint = Label(label="", value="")
+        self.pixel_hint = _note(4, "Why the pixel size is asked for, and where it may be found.")
         models = [MODEL_DEFAULT, MODEL_FILE] if has_default_model else [MODEL_FILE]
         self.model_choice = t(ComboBox(label="Model", choices=models, value=models[0]),
                               "The network: the model embedded in the plugin, or a HoverFast checkpoint of your own.")
         self.model_path = t(FileEdit(label="Checkpoint", mode="r", filter="*.pth", nullable=True),
                             "A HoverFast checkpoint (.pth, or .safetensors weights).")
-        self.model_info = Label(label="", value="")
+        self.model_info = _note(3, "The model a run uses.")
         self.scope = t(ComboBox(label="Scope", choices=[SCOPE_VIEW, SCOPE_RECTANGLES, SCOPE_WHOLE], value=SCOPE_VIEW),
                        "What to segment: what the canvas shows now, the rectangles you drew, or all tissue of the slide "
                        "(tiles nearest the view first).")
@@ -73,19 +105,25 @@ class HoverFastForm(Container):
         self.cancel_button = t(PushButton(text="Cancel", enabled=False),
                                "Stop after the batch in progress; the nuclei found so far stay.")
         self.progress = t(ProgressBar(label="", value=0, min=0, max=1, visible=False), "Tiles done of the run's tiles.")
-        self.status = Label(label="", value="")
+        self.status = _note(4, "What the last run did: tiles, nuclei this run and per region, the layer's total.")
         columns = colour_choices(Nuclei(0.25).measurements())  # more appear with the results' own columns
         self.color_by = t(ComboBox(label="Colour by", choices=columns, value=AREA_UM2),
                           "Colour the outlines by a measurement (every numeric column of the results), or one colour.")
         self.single_colour = t(ComboBox(label="Colour", choices=list(SINGLE_COLOURS), value=next(iter(SINGLE_COLOURS))),
                                "The outline colour when colouring by one colour.")
         self.legend_bar = t(Label(label="", value=""), "The colour scale: low values on the left, high on the right.")
-        self.legend_text = Label(label="", value="")
+        self.legend_text = _line(Label(label="", value=""))
         self.show_tissue = t(CheckBox(text="Show tissue mask", value=False),
                              "Show in green where the slide's tissue is (what Skip glass keeps).")
         self.show_coverage = t(CheckBox(text="Show tiles done", value=False),
                                "Show the tiles segmented so far: blue, or cyan where their maps are in the cache.")
-        self.nucleus_info = Label(label="", value="Click a nucleus to see its measurements")
+        self.nucleus_info = _line(Label(label="", value="Click a nucleus to see its measurements"))
+        self.nucleus_table = t(Table(value={"Measurement": [], "Value": []}),
+                               "Every measurement of the nucleus clicked last (the columns the export writes).")
+        self.nucleus_table.read_only = True
+        self.nucleus_table.native.verticalHeader().setVisible(False)
+        self.nucleus_table.native.setMaximumHeight(220)
+        self.nucleus_table.visible = False
         self.export_button = t(PushButton(text="Export GeoJSON + CSV…"),
                                "Write the nuclei layer as QuPath GeoJSON, its measurements as CSV, and the run's "
                                "parameters (.run.json) beside them.")
@@ -106,13 +144,12 @@ class HoverFastForm(Container):
         self.extend([
             self.image, self.pixel_size, self.pixel_hint, self.model_choice, self.model_path, self.model_info,
             self.scope, self.shapes_layer, self.draw_button, self.skip_glass, self.stain,
-            self.min_area, self.max_area, self.threshold, self.run_button, self.cancel_button, self.progress,
-            self.status, self.color_by, self.single_colour, self.legend_bar, self.legend_text,
-            self.show_tissue, self.show_coverage, self.nucleus_info, self.export_button,
-            self.show_advanced, self.advanced,
+            _heading("Thresholds (live, from the cache)"), self.min_area, self.max_area, self.threshold,
+            self.run_button, self.cancel_button, self.progress, self.status,
+            _heading("Display"), self.color_by, self.single_colour, self.legend_bar, self.legend_text,
+            self.show_tissue, self.show_coverage, self.nucleus_info, self.nucleus_table,
+            self.export_button, self.show_advanced, self.advanced,
         ])
-        for label in (self.model_info, self.status, self.pixel_hint, self.nucleus_info, self.legend_text):
-            label.native.setWordWrap(True)
         self.show_advanced.changed.connect(lambda on: setattr(self.advanced, "visible", bool(on)))
 
     def set_running(self, running: bool) -> None:

@@ -123,6 +123,9 @@ class ResultsPanel:
             return None
         row = min(hit, key=lambda i: nuclei.polygons[i].area)  # the innermost when drawn ones overlap
         w.nucleus_info.value = nucleus_text(nuclei, row)
+        columns = nuclei.measurements()
+        w.nucleus_table.value = {"Measurement": list(columns), "Value": [_value(v[row]) for v in columns.values()]}
+        w.nucleus_table.visible = True
         shown = np.flatnonzero(display.shown == nuclei.ids[row])
         if len(shown):
             with display.own_changes():
@@ -251,15 +254,13 @@ class ResultsPanel:
 
 
 def nucleus_text(nuclei: Nuclei, row: int) -> str:
-    """Every measurement of one nucleus (and its class), one per line."""
-    lines = [f"Nucleus {int(nuclei.ids[row])}"]
+    """One nucleus in a line: its id, class (when it has one), area and where it is (level-0 px)."""
+    parts = [f"Nucleus {int(nuclei.ids[row])}"]
     classes = nuclei.classifications() if callable(getattr(nuclei, "classifications", None)) else None
     if classes is not None and classes[row] is not None:
-        lines.append(f"Class: {classes[row]}")
-    for name, values in nuclei.measurements().items():
-        value = values[row]
-        lines.append(f"{name}: {_value(value)}")
-    return "\n".join(lines)
+        parts.append(f"class {classes[row]}")
+    parts.append(f"at x {nuclei.centroid_x[row]:,.0f}, y {nuclei.centroid_y[row]:,.0f} px")
+    return " · ".join(parts)
 
 
 def _value(value: Any) -> str:
