@@ -39,7 +39,8 @@ from .postprocess import PostprocessOptions
 from .predict import Precision, PredictOptions, Predictor, Stain
 from .limits import check_batch_pixels, check_batch_size, check_workers
 from .measurements import stain_columns
-from .stages import Reader, TileNuclei, TileWork, drop_seam_copies, neighbours, postprocess_tile, predict_batch
+from .seams import SeamBook
+from .stages import Reader, TileNuclei, TileWork, neighbours, postprocess_tile, predict_batch
 from .tiling import Box, TileSpec, TilingOptions, keep_boxes, order_by_distance, plan_tiles, post_window
 from .tissue import TissueMask, tiles_on_tissue
 from .worker_pool import discard_worker_pool, shared_worker_pool
@@ -326,8 +327,7 @@ def segment_slide(
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoverfast-cache") if cache is not None else None
     pending: deque[tuple[TileSpec, Future[Any] | TileNuclei, TileMaps]] = deque()
     timings = {"read": 0.0, "forward": 0.0, "postprocess": 0.0, "cache_read": 0.0}
-    near = neighbours(tiles)
-    rows: dict[int, tuple[int, int]] = {}  # tile -> its nuclei's rows in the container
+    book = SeamBook(nuclei, neighbours(tiles))  # which tile holds which rows: no seam copies, none lost
     started = time.perf_counter()
     reader: Reader | None = None
 
@@ -356,13 +356,10 @@ def segment_slide(
                     "`if __name__ == \"__main__\":`); post-processing in this process instead"
                 )
             found = in_process(spec, maps)
-        found = drop_seam_copies(nuclei, rows, near[spec.index], found, _in_band(found.polygons, spec, geometry.scale))
-        start = len(nuclei)
-        batch = nuclei.append(found.polygons, found.probability, spec.index, measurements=found.measurements)
-        rows[spec.index] = (start, len(nuclei))
         result.tiles_done.append(spec.index)
-        if len(batch):
-            yield NucleusBatch(nuclei=batch, tiles=(spec.index,))
+        for batch in book.add(spec.index, found, _in_band(found.polygons, spec, geometry.scale)):
+            if len(batch):
+                yield NucleusBatch(nuclei=batch, tiles=(spec.index,))
         yield Progress(len(result.tiles_done), len(tiles), len(nuclei), time.perf_counter() - started)
 
     def drain(limit: int) -> Generator[Progress | NucleusBatch, None, None]:
@@ -420,6 +417,9 @@ def segment_slide(
             if cancelled():
                 result.cancelled = True
             yield from finish(*pending.popleft())
+        for batch in book.flush():
+            if len(batch):
+                yield NucleusBatch(nuclei=batch, tiles=tuple(sorted(set(batch.tile.tolist()))))
         if cancelled() and len(result.tiles_done) < len(tiles):
             result.cancelled = True
     except GeneratorExit:

@@ -21,7 +21,6 @@ import shapely
 from scipy import ndimage
 
 from .cache import TileMaps
-from .duplicates import duplicates_of, overlaps_any
 from .focus import Focus, nearest_first
 from .measurements import stain_statistics
 from .nuclei import Nuclei
@@ -152,28 +151,6 @@ def neighbours(tiles: Sequence[TileSpec]) -> dict[int, list[int]]:
         if i != j:
             out[tiles[i].index].append(tiles[j].index)
     return out
-
-
-def drop_seam_copies(
-    nuclei: Nuclei, rows: dict[int, tuple[int, int]], near: list[int], found: TileNuclei,
-    band: np.ndarray | None = None,
-) -> TileNuclei:
-    """A finished tile's nuclei without those a finished neighbour already holds (``duplicates.py``).
-
-    The copy of the tile that finished first is kept, so runs that finish tiles in the same order
-    (a resumed run does: cached tiles first, in plan order) keep the same copies. ``band`` marks the
-    nuclei kept from past the tile's cell (``tiling.SEAM_BAND``): those are a rescue, so they go when
-    they overlap a neighbour's nucleus at all (more than a fifth of their area), not only at IoU > 0.5.
-    """
-    done = [rows[i] for i in near if i in rows and rows[i][1] > rows[i][0]]
-    if not len(found) or not done:
-        return found
-    old = np.concatenate([nuclei.polygons[a:b] for a, b in done])
-    new = np.asarray(found.polygons, dtype=object)
-    copy = duplicates_of(new, old)
-    if band is not None and band.any():
-        copy[band] |= overlaps_any(new[band], old, 0.2)
-    return found.select(~copy) if copy.any() else found
 
 
 class Reader(threading.Thread):

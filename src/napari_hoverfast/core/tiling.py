@@ -180,7 +180,7 @@ def plan_tiles(
 
 #: How far past its cell a tile keeps a nucleus (working px), toward cells of the same region: a seam
 #: nucleus shaped differently by two tiles can have its centroid in the other's cell in both, and
-#: would be lost; kept by both, the second copy is dropped (``drop_seam_copies``).
+#: would be lost; such nuclei wait and are kept where no neighbour holds them (``seams.py``).
 SEAM_BAND = 16
 
 
