@@ -195,3 +195,15 @@ def test_hundred_thousand_nuclei():
     assert len(np.unique(nuclei.ids)) == 100_000
     assert nuclei.area_px.sum() == pytest.approx(16.0 * 100_000)
     assert np.bincount(nuclei.tile).tolist() == [10_000] * 10
+
+
+def test_an_empty_polygon_is_a_clear_error() -> None:
+    from shapely.geometry import Polygon
+
+    from napari_hoverfast.core.nuclei import Nuclei
+
+    nuclei = Nuclei(0.25)
+    for bad in (Polygon(), Polygon([(0, 0), (1, 1), (2, 2)])):
+        with pytest.raises(ValueError, match="polygon 1 is empty"):
+            nuclei.append([Polygon([(0, 0), (4, 0), (4, 4)]), bad], [0.5, 0.5], 0)
+    assert len(nuclei) == 0  # nothing half-added

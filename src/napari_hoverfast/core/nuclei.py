@@ -158,6 +158,10 @@ class Nuclei:
             if not ok.all():
                 i = int(np.flatnonzero(~ok)[0])
                 raise TypeError(f"polygon {i}: expected a shapely Polygon, got {type(geoms[i]).__name__}")
+            empty = shapely.is_empty(geoms) | ~(shapely.area(geoms) > 0)
+            if empty.any():
+                i = int(np.flatnonzero(empty)[0])
+                raise ValueError(f"polygon {i} is empty (no area): a nucleus needs an outline that encloses pixels")
         area = shapely.area(geoms).astype(np.float64)
         length = shapely.length(geoms).astype(np.float64)
         centroids = shapely.centroid(geoms)
