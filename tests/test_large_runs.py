@@ -86,8 +86,9 @@ def test_current_view_skips_glass_and_the_overlays_show_tissue_and_tiles(make_na
     f = coverage.scale[0] / image.scale[0]
     done = layer.metadata["coverage"]
     assert len(done) >= 4 and {int(b[4]) for b in done} == {2}  # the cache is on: every tile kept
-    for x, y, w, h, _ in done:  # each tile done is painted where it lies
+    for x, y, w, h, _ in done:  # each tile done is painted where it lies, inside its border
         assert coverage.data[int((y + h / 2) // f), int((x + w / 2) // f)] == 2
+        assert coverage.data[int(y // f), int((x + w / 2) // f)] == 3
     assert viewer.layers.extent.units is not None  # overlays carry the slide's units
     assert viewer.layers.selection.active.name == image.name  # and did not take the user's layer
 

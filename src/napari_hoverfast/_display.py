@@ -195,6 +195,8 @@ class NucleiDisplay:
             self.set_zoom(screen_px_per_level0)
         if self.mode != ALL:
             self._rewindow(force=False)
+        elif len(self.nuclei) > self.options.max_outlines:  # the limit was lowered since (options changed)
+            self._rewindow(force=True)
 
     def set_zoom(self, screen_px_per_level0: float) -> None:
         """Outlines about ``edge_px`` screen pixels wide at this zoom (in steps of 2^¼: few rebuilds)."""

@@ -36,18 +36,28 @@ def _tip(widget, text: str):  # noqa: ANN001, ANN202 - any magicgui widget, retu
 
 
 def _note(lines: int, tooltip: str) -> TextEdit:
-    """Read-only text that wraps to the dock's width in a fixed number of lines (scrolls beyond).
+    """Read-only text that wraps to the dock's width and is as tall as its text, up to ``lines`` lines.
 
-    A word-wrapped QLabel in napari's dock is given the height of its first layout and clips what
-    wraps further; a frameless read-only text box keeps its height whatever the dock's width.
+    A word-wrapped QLabel in napari's dock keeps the height of its first layout and clips what wraps
+    further; a frameless read-only text box sized from its document follows every change of width.
     """
     note = TextEdit(label="", value="", tooltip=tooltip)
     note.read_only = True
     native = note.native
     native.setFrameStyle(0)
     native.setStyleSheet("QTextEdit { background: transparent; }")
+    from qtpy.QtCore import Qt
+
+    native.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # a bar would narrow it: more lines
+    native.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     native.document().setDocumentMargin(1)
-    native.setFixedHeight(int(native.fontMetrics().lineSpacing() * lines + 12))
+    most = native.fontMetrics().lineSpacing() * lines + 4
+
+    def fit(size: object) -> None:
+        native.setFixedHeight(int(min(size.height() + 4, most)))  # type: ignore[attr-defined]
+
+    native.document().documentLayout().documentSizeChanged.connect(fit)
+    fit(native.document().size())
     return note
 
 
@@ -75,13 +85,13 @@ class HoverFastForm(Container):
         self.pixel_size = t(FloatSpinBox(label="Pixel size (µm/px)", value=0.0, min=0.0, max=20.0, step=0.001),
                             "µm per pixel of the scan at full resolution (0.25 at 40×, 0.5 at 20×). Shown only when the "
                             "image does not say it; a run needs it: areas and the model's working resolution follow from it.")
-        self.pixel_hint = _note(4, "Why the pixel size is asked for, and where it may be found.")
+        self.pixel_hint = _note(9, "Why the pixel size is asked for, and where it may be found.")
         models = [MODEL_DEFAULT, MODEL_FILE] if has_default_model else [MODEL_FILE]
         self.model_choice = t(ComboBox(label="Model", choices=models, value=models[0]),
                               "The network: the model embedded in the plugin, or a HoverFast checkpoint of your own.")
         self.model_path = t(FileEdit(label="Checkpoint", mode="r", filter="*.pth", nullable=True),
                             "A HoverFast checkpoint (.pth, or .safetensors weights).")
-        self.model_info = _note(3, "The model a run uses.")
+        self.model_info = _note(4, "The model a run uses.")
         self.scope = t(ComboBox(label="Scope", choices=[SCOPE_VIEW, SCOPE_RECTANGLES, SCOPE_WHOLE], value=SCOPE_VIEW),
                        "What to segment: what the canvas shows now, the rectangles you drew, or all tissue of the slide "
                        "(tiles nearest the view first).")
@@ -105,7 +115,7 @@ class HoverFastForm(Container):
         self.cancel_button = t(PushButton(text="Cancel", enabled=False),
                                "Stop after the batch in progress; the nuclei found so far stay.")
         self.progress = t(ProgressBar(label="", value=0, min=0, max=1, visible=False), "Tiles done of the run's tiles.")
-        self.status = _note(4, "What the last run did: tiles, nuclei this run and per region, the layer's total.")
+        self.status = _note(8, "What the last run did: tiles, nuclei this run and per region, the layer's total.")
         columns = colour_choices(Nuclei(0.25).measurements())  # more appear with the results' own columns
         self.color_by = t(ComboBox(label="Colour by", choices=columns, value=AREA_UM2),
                           "Colour the outlines by a measurement (every numeric column of the results), or one colour.")
@@ -121,8 +131,15 @@ class HoverFastForm(Container):
         self.nucleus_table = t(Table(value={"Measurement": [], "Value": []}),
                                "Every measurement of the nucleus clicked last (the columns the export writes).")
         self.nucleus_table.read_only = True
-        self.nucleus_table.native.verticalHeader().setVisible(False)
-        self.nucleus_table.native.setMaximumHeight(220)
+        rows = self.nucleus_table.native.verticalHeader()
+        rows.setVisible(False)
+        rows.setDefaultSectionSize(self.nucleus_table.native.fontMetrics().lineSpacing() + 4)  # compact rows
+        self.nucleus_table.native.setMinimumHeight(7 * rows.defaultSectionSize())
+        self.nucleus_table.native.setMaximumHeight(260)
+        self.nucleus_table.native.horizontalHeader().setStretchLastSection(True)
+        from qtpy.QtCore import Qt
+
+        self.nucleus_table.native.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.nucleus_table.visible = False
         self.export_button = t(PushButton(text="Export GeoJSON + CSV…"),
                                "Write the nuclei layer as QuPath GeoJSON, its measurements as CSV, and the run's "

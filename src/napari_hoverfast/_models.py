@@ -38,8 +38,8 @@ class ModelLoader:
 def describe(model: Any) -> str:
     """One line about a loaded model: file, depth, width, parameters, device."""
     c = model.config
-    return (f"{Path(model.source).name}: depth {c.depth}, width {2 ** c.wf} channels (wf {c.wf}), "
-            f"{model.parameter_count:,} parameters, on {model.device.type}")
+    return (f"{Path(model.source).name} · depth {c.depth}, width {2 ** c.wf} (wf {c.wf}) · "
+            f"{model.parameter_count:,} parameters · {model.device.type}")
 
 
 class ModelControls:

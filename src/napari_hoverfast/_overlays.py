@@ -128,8 +128,11 @@ def paint_points(raster: np.ndarray, factor: float, x: np.ndarray, y: np.ndarray
 # --- the tissue mask and the tiles done -----------------------------------------------------------------
 
 TISSUE_COLOUR = (0.1, 0.9, 0.3, 1.0)
-DONE_COLOUR = (0.3, 0.6, 1.0, 1.0)
-CACHED_COLOUR = (0.1, 0.9, 0.9, 1.0)
+#: Tiles done: a faint fill (blue; cyan where the maps are cached) inside a clear border (what a tile covers).
+DONE_COLOUR = (0.3, 0.6, 1.0, 0.18)
+CACHED_COLOUR = (0.1, 0.9, 0.9, 0.18)
+BORDER_COLOUR = (0.1, 0.9, 0.9, 0.9)
+BORDER = 3  # raster value of a tile's border
 
 
 def _steps(*colours: tuple[float, ...]) -> Colormap:
@@ -159,19 +162,24 @@ def fill_tissue(overlay: RasterOverlay, mask: Any) -> None:
 
 def coverage_overlay(viewer: Any, image: Any, size: tuple[int, int], factor: int) -> RasterOverlay:
     """The tiles done on the slide: blue, or cyan where their maps are in the cache (re-thresholds use them)."""
-    return RasterOverlay(viewer, image, size, factor, f"{image.name} tiles done", _steps(DONE_COLOUR, CACHED_COLOUR),
-                         {"hoverfast_coverage": layer_token(image)}, opacity=0.3)
+    return RasterOverlay(viewer, image, size, factor, f"{image.name} tiles done",
+                         _steps(DONE_COLOUR, CACHED_COLOUR, BORDER_COLOUR), {"hoverfast_coverage": layer_token(image)})
 
 
 def fill_boxes(overlay: RasterOverlay, boxes: list[tuple[list[float], int]]) -> None:
-    """Paint level-0 boxes ``([x, y, w, h], value)`` into the raster (the whole raster is redrawn)."""
+    """Paint level-0 boxes ``([x, y, w, h], value)`` into the raster, each inside a border (all redrawn)."""
     raster = overlay.raster
     if raster is None:
         return
     raster[:] = 0
     f = overlay.factor
+    cells = []
     for (x, y, w, h), value in boxes:
         r0, c0 = int(y // f), int(x // f)
         r1, c1 = max(math.ceil((y + h) / f), r0 + 1), max(math.ceil((x + w) / f), c0 + 1)
         raster[r0:r1, c0:c1] = np.maximum(raster[r0:r1, c0:c1], value)
+        cells.append((r0, c0, r1, c1))
+    for r0, c0, r1, c1 in cells:  # borders last: a neighbour's fill does not cover them
+        raster[r0, c0:c1] = raster[r1 - 1, c0:c1] = BORDER
+        raster[r0:r1, c0] = raster[r0:r1, c1 - 1] = BORDER
     overlay.refresh()

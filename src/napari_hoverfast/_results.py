@@ -124,8 +124,10 @@ class ResultsPanel:
         row = min(hit, key=lambda i: nuclei.polygons[i].area)  # the innermost when drawn ones overlap
         w.nucleus_info.value = nucleus_text(nuclei, row)
         columns = nuclei.measurements()
-        w.nucleus_table.value = {"Measurement": list(columns), "Value": [_value(v[row]) for v in columns.values()]}
+        names = [name.removeprefix("Nucleus: ") for name in columns]  # QuPath's prefix, the same on every row
+        w.nucleus_table.value = {"Measurement": names, "Value": [_value(v[row]) for v in columns.values()]}
         w.nucleus_table.visible = True
+        w.nucleus_table.native.resizeColumnToContents(0)
         shown = np.flatnonzero(display.shown == nuclei.ids[row])
         if len(shown):
             with display.own_changes():

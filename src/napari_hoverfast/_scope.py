@@ -77,8 +77,9 @@ def pixel_size_hint(layer: Image) -> str:
     if path and reader != PLUGIN:
         found = _readable_mpp(path)
         if found is not None and found[0]:
-            return (f"{reader or 'Another reader'} opened {Path(path).name} without its pixel size; HoverFast's reader "
-                    f"finds {found[0]:.4g} µm/px in it. Open it with File › Open with Plugin… › HoverFast nuclei, "
+            who = "napari's own reader" if reader in (None, "napari") else f"The {reader} reader"
+            return (f"{who} opened {Path(path).name} without its pixel size; HoverFast's reader finds "
+                    f"{found[0]:.4g} µm/px in it. Open the file with File › Open with Plugin › HoverFast nuclei, "
                     "or enter the pixel size here.")
     if path:
         return f"{Path(path).name} does not say its pixel size: enter the scan's µm per pixel (0.25 at 40×, 0.5 at 20×)."
