@@ -10,11 +10,22 @@ import re
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from napari_hoverfast.core.geojson import GeoJSONError, GeoObject, read_geojson, write_detections
+from napari_hoverfast.core import geojson_parse as parse
+from napari_hoverfast.core import geojson_read
+from napari_hoverfast.core.geojson import (
+    GZIP_LEVEL,
+    GeoJSONError,
+    GeoObject,
+    read_geojson,
+    write_detections,
+)
+from napari_hoverfast.core.geojson_vector import objects_of
+from napari_hoverfast.core.geojson_write import uuid4_strings
 
 SQUARE = box(10, 20, 14, 24)
 TRIANGLE = Polygon([(100.123, 50.456), (120.987, 55.5), (110.001, 70.0049)])
@@ -323,3 +334,213 @@ def test_unreadable_files(tmp_path, name, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(GeoJSONError, match="no such file"):
         read_geojson(tmp_path / "nothing.geojson")
+
+
+# ---- columns, per-feature classes, the vectorised paths -------------------------------------------
+
+
+def test_measurement_columns_write_like_rows(tmp_path, qupath_check):
+    polygons = [SQUARE, TRIANGLE, WITH_HOLE, SQUARE]
+    columns = {
+        "Nucleus: Area µm^2": np.array([1.5, math.nan, 3.25, 4.0]),
+        "Tile": np.array([0, 1, 2, 3], dtype=np.int64),
+        "Probability": [0.5, 0.6, math.inf, 0.8],
+    }
+    rows = [{k: float(v[i]) for k, v in columns.items()} for i in range(4)]
+    by_columns, by_rows = tmp_path / "columns.geojson", tmp_path / "rows.geojson"
+    assert write_detections(by_columns, polygons, columns) == 4
+    assert write_detections(by_rows, polygons, rows) == 4
+    got = [o.measurements for o in read_geojson(by_columns)]
+    assert got == [o.measurements for o in read_geojson(by_rows)]
+    assert got[1] == {"Tile": 1.0, "Probability": 0.6}  # NaN left out, the rest kept
+    assert got[2] == {"Nucleus: Area µm^2": 3.25, "Tile": 2.0}  # inf left out
+    assert list(got[0]) == ["Nucleus: Area µm^2", "Tile", "Probability"]  # names and order as given
+    assert "µm" in by_columns.read_text(encoding="utf-8")
+    # left-out NaNs make the key sets differ: the checker's one warning, no error
+    result = qupath_check(by_columns, "--expect-type", "detection")
+    assert result.returncode == 0 and "RESULT          : OK" in result.stdout, result.stdout
+    assert "warnings        : 1 (measurement-keys: 1)" in result.stdout
+
+
+def test_measurement_column_errors_leave_nothing(tmp_path):
+    target = tmp_path / "a.geojson"
+    with pytest.raises(ValueError, match="fewer items"):
+        write_detections(target, [SQUARE, SQUARE], {"a": [1.0]})
+    with pytest.raises(ValueError, match="more items"):
+        write_detections(target, [SQUARE], {"a": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="differ in length"):
+        write_detections(target, [SQUARE], {"a": [1.0], "b": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="column 'a' is not numeric"):
+        write_detections(target, [SQUARE], {"a": ["big"]})
+    with pytest.raises(ValueError, match="non-blank string"):
+        write_detections(target, [SQUARE], {" ": [1.0]})
+    assert leftovers(tmp_path) == []
+
+
+def test_per_feature_classifications(tmp_path, qupath_check):
+    classes = [("Negative", (112, 112, 225)), ("1+", (255, 215, 0)), None, ("3+", (200, 50, 50)), ("1+", (255, 215, 0))]
+    polygons = [box(i * 10, 0, i * 10 + 5, 5) for i in range(5)]
+    path = tmp_path / "ihc.geojson.gz"
+    assert write_detections(path, polygons, classifications=iter(classes)) == 5
+    objects = read_geojson(path)
+    assert [o.classification for o in objects] == ["Negative", "1+", "Nucleus", "3+", "1+"]
+    assert [o.classification_color for o in objects] == [(112, 112, 225), (255, 215, 0), (255, 0, 0), (200, 50, 50), (255, 215, 0)]
+    assert [o.color for o in objects] == [o.classification_color for o in objects]
+    assert_checker_ok(qupath_check, path)
+
+
+def test_classification_errors_leave_nothing(tmp_path):
+    target = tmp_path / "a.geojson"
+    with pytest.raises(ValueError, match=r"feature 1: classification color"):
+        write_detections(target, [SQUARE, SQUARE], classifications=[None, ("2+", (256, 0, 0))])
+    with pytest.raises(ValueError, match=r"feature 0: classification name"):
+        write_detections(target, [SQUARE], classifications=[("", (1, 2, 3))])
+    with pytest.raises(ValueError, match=r"feature 0: classification must be \(name, \(r, g, b\)\)"):
+        write_detections(target, [SQUARE], classifications=["2+"])
+    with pytest.raises(ValueError, match="classifications has fewer items"):
+        write_detections(target, [SQUARE, SQUARE], classifications=[None])
+    with pytest.raises(ValueError, match="classifications has more items"):
+        write_detections(target, [SQUARE], classifications=[None, None])
+    assert leftovers(tmp_path) == []
+
+
+def test_generated_ids_are_uuid4_and_unique():
+    ids = uuid4_strings(20_000)
+    assert len(set(ids)) == 20_000
+    for text in ids[:200]:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+
+
+def test_many_chunks_keep_alignment_and_name_the_dropped_polygon(tmp_path, qupath_check, caplog):
+    n = 6000  # three chunks of the writer
+    polygons = [box(i, 0, i + 0.5, 0.5) for i in range(n)]
+    polygons[2050] = box(0, 0, 0.001, 0.001)  # collapses on the 0.01 px grid: left out
+    polygons[4100] = BOWTIE  # repaired
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    path = tmp_path / "many.geojson"
+    with caplog.at_level(logging.WARNING, logger="napari_hoverfast.core.geojson"):
+        assert write_detections(path, polygons, {"index": np.arange(n)}, ids=ids) == n - 1
+    assert "polygon 2050 is not a valid polygon" in caplog.text
+    objects = read_geojson(path)
+    expected = [i for i in range(n) if i != 2050]
+    assert [int(o.measurements["index"]) for o in objects] == expected
+    assert [o.id for o in objects] == [ids[i] for i in expected]
+    assert objects[4099].geometry.area == pytest.approx(25)
+    assert_checker_ok(qupath_check, path)
+
+
+def test_gzip_level_one_is_written_and_read(tmp_path, qupath_check):
+    assert GZIP_LEVEL == 1  # fast; QuPath reads any level
+    path = tmp_path / "fast.geojson.gz"
+    write_detections(path, [SQUARE] * 3)
+    assert gzip.decompress(path.read_bytes()).startswith(b'{"type":"FeatureCollection"')
+    assert len(read_geojson(path)) == 3
+    assert_checker_ok(qupath_check, path)
+
+
+def qupath_like_features() -> list[dict]:
+    """What QuPath and others export, mixed with what only the careful reader handles."""
+    cell = {**feature(box(0, 0, 20, 20).__geo_interface__, objectType="cell",
+                      classification={"name": "Tumor", "color": [200, 0, 0]},
+                      measurements={"Nucleus: Area µm^2": 12.5, "Cell: Area µm^2": 40.0}),
+            "id": str(uuid.uuid4()), "nucleusGeometry": box(5, 5, 10, 10).__geo_interface__}
+    return [
+        feature(TRIANGLE.__geo_interface__, objectType="detection", classification={"name": "1+", "color": [255, 215, 0]},
+                measurements={"DAB: Mean": 0.25, "Count": 3}),
+        cell,
+        feature(WITH_HOLE.__geo_interface__, objectType="detection", measurements={"a": "NaN", "b": 2.0}),
+        feature(MultiPolygon([box(0, 0, 1, 1), box(3, 3, 4, 4)]).__geo_interface__, objectType="annotation"),
+        feature({"type": "Polygon", "coordinates": [[[0, 0, 1], [4, 0, 1], [4, 4, 1], [0, 0, 1]]]}, objectType="detection"),
+        feature(SQUARE.__geo_interface__, object_type="detection", measurements=[{"name": "Area", "value": 16}]),
+        feature(SQUARE.__geo_interface__, objectType="detection", color=[1, 2, 3],
+                classification={"names": ["Tumor", "Positive"], "color": [9, 9, 9]}, isLocked=True),
+        feature(SQUARE.__geo_interface__, objectType="tile", classification="Stroma", name="t"),
+        {"type": "Feature", "geometry": SQUARE.__geo_interface__},
+        feature({"type": "Point", "coordinates": [1, 2]}, objectType="annotation"),
+        {"id": "PathDetectionObject", **feature(SQUARE.__geo_interface__)},
+    ]
+
+
+def test_vectorised_reading_equals_careful_reading(tmp_path):
+    features = qupath_like_features() * 3
+    path = write_json(tmp_path / "mixed.geojson", features)
+    careful = [parse.feature(f, []) for f in json.loads(path.read_text())]
+    assert read_geojson(path)[:2] == [o for o in careful if o is not None][:2]
+    fast = read_geojson(path)
+    slow = [o for o in careful if o is not None]
+    assert len(fast) == len(slow) == 30
+    for a, b in zip(fast, slow, strict=True):
+        assert a.geometry.equals_exact(b.geometry, 0) and type(a.geometry) is type(b.geometry)
+        assert (a.nucleus is None) == (b.nucleus is None)
+        assert (a.object_type, a.name, a.classification, a.color, a.classification_color, a.id) == \
+            (b.object_type, b.name, b.classification, b.color, b.classification_color, b.id)
+        assert a.measurements.keys() == b.measurements.keys()
+        assert all(math.isnan(v) if math.isnan(b.measurements[k]) else v == b.measurements[k] for k, v in a.measurements.items())
+    first, cell, holed, *_ = fast
+    assert first.classification == "1+" and first.classification_color == (255, 215, 0)
+    assert first.measurements == {"DAB: Mean": 0.25, "Count": 3.0} and type(first.measurements["Count"]) is float
+    assert cell.object_type == "cell" and cell.nucleus.equals(box(5, 5, 10, 10))
+    assert list(cell.measurements) == ["Nucleus: Area µm^2", "Cell: Area µm^2"]
+    assert len(holed.geometry.interiors) == 1 and math.isnan(holed.measurements["a"])
+
+
+def compact(features: list) -> str:
+    """A FeatureCollection as minified JSON (the layout our writer uses and large files get sliced in)."""
+    return json.dumps({"type": "FeatureCollection", "features": features}, separators=(",", ":"))
+
+
+@pytest.fixture
+def sliced(monkeypatch):
+    """Parse large files a few features at a time, with any file counting as large."""
+    monkeypatch.setattr(geojson_read, "PARSE_CHUNK", 300)
+
+
+def same_objects(a: list[GeoObject], b: list[GeoObject]) -> bool:
+    return len(a) == len(b) and all(
+        x.geometry.equals_exact(y.geometry, 0) and x.id == y.id and x.classification == y.classification
+        and x.measurements.keys() == y.measurements.keys() for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_large_files_are_read_a_slice_at_a_time(tmp_path, monkeypatch, qupath_check):
+    polygons = [box(i, 0, i + 0.5, 0.5) for i in range(500)]
+    path = tmp_path / "many.geojson.gz"
+    write_detections(path, polygons, {"index": np.arange(500)}, classifications=[("1+", (1, 2, 3))] * 500)
+    assert_checker_ok(qupath_check, path)
+    whole = read_geojson(path)
+    calls = []
+    monkeypatch.setattr(geojson_read, "PARSE_CHUNK", 300)
+    monkeypatch.setattr(geojson_read, "objects_of", lambda *a: calls.append(a[2]) or objects_of(*a))
+    sliced = read_geojson(path)
+    assert len(calls) > 50 and calls == sorted(calls) and calls[0] == 0  # many slices, offsets in order
+    assert same_objects(sliced, whole) and [int(o.measurements["index"]) for o in sliced] == list(range(500))
+
+
+def test_sliced_reading_names_the_feature_by_its_index_in_the_file(tmp_path, sliced):
+    features = [feature(box(i, 0, i + 1, 1).__geo_interface__, objectType="detection") for i in range(100)]
+    features[73]["geometry"] = {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 4]]]}
+    path = tmp_path / "bad.geojson"
+    path.write_text(compact(features))
+    with pytest.raises(GeoJSONError, match=r"feature 73: geometry ring 0 is not closed"):
+        read_geojson(path)
+
+
+def test_sliced_reading_falls_back_where_slices_are_not_json(tmp_path, sliced, caplog):
+    child = feature(box(0, 0, 1, 1).__geo_interface__, objectType="detection")
+    parents = [feature(box(i, 0, i + 2, 2).__geo_interface__, objectType="annotation", childObjects=[child, child])
+               for i in range(30)]  # QuPath's hierarchy export nests Features in Features
+    nested = tmp_path / "nested.geojson"
+    nested.write_text(compact(parents))
+    assert len(read_geojson(nested)) == 30
+    nan = tmp_path / "nan.geojson"  # QuPath 0.4 writes bare NaN: that slice goes to the standard library
+    nan.write_text(compact([feature(objectType="detection", measurements={"a": 1.0})] * 40).replace("1.0", "NaN", 1))
+    objects = read_geojson(nan)
+    assert len(objects) == 40 and math.isnan(objects[0].measurements["a"]) and objects[1].measurements["a"] == 1.0
+    broken = tmp_path / "broken.geojson"
+    broken.write_text(compact([feature(objectType="detection")] * 40)[:-20] + "]}")
+    with pytest.raises(GeoJSONError, match=r"not JSON: line 1 column \d+"):
+        read_geojson(broken)
+    spaced = tmp_path / "spaced.geojson"  # one feature per line: cut at the line breaks
+    spaced.write_text(compact([feature(objectType="detection")] * 40).replace(',{"type":"Feature"', ',\n {"type":"Feature"'))
+    assert len(read_geojson(spaced)) == 40

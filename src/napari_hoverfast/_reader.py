@@ -129,6 +129,9 @@ def get_geojson_reader(path: PathOrPaths) -> ReaderFunction | None:
 
 
 def _is_geojson(path: Path) -> bool:
+    """A GeoJSON name whose first 64 kB (decompressed, when gzip) name a GeoJSON type. Reads no more
+    than that, so a gzip bomb costs nothing here (read_geojson refuses it); a corrupt gzip stream
+    raises, which get_geojson_reader turns into ``None``."""
     if not _has_suffix(path, GEOJSON_SUFFIXES) or not path.is_file():
         return False
     with path.open("rb") as fh:
@@ -165,19 +168,31 @@ def _reference_mpp() -> tuple[float | None, str | None]:
 
 
 def read_geojson_layers(path: PathOrPaths) -> list[LayerDataTuple] | None:
-    """QuPath objects → a Shapes layer per file, in the µm frame of the viewer's slide layer."""
+    """QuPath objects → a Shapes layer per file, in the µm frame of the viewer's slide layer.
+
+    Never raises (napari's reader convention): a file that cannot be read — malformed, hostile (a
+    gzip bomb, JSON nested thousands deep, numbers of thousands of digits), or too large for memory —
+    is logged and the reader returns ``None``, so napari reports that no reader could open it.
+    """
     from .core.geojson import GeoJSONError, read_geojson
 
-    mpp, image_name = _reference_mpp()
-    layers = []
-    for p in _paths(path):
-        try:
-            objects = read_geojson(p)
-        except (GeoJSONError, OSError, ValueError) as exc:
-            log.warning("cannot read %s: %s", p, exc)
-            return None
-        layers.append(_shapes_layer(p, objects, mpp, image_name))
-    return layers
+    try:
+        mpp, image_name = _reference_mpp()
+        layers = []
+        for p in _paths(path):
+            try:
+                objects = read_geojson(p)
+            except GeoJSONError as exc:  # its message names the file
+                log.warning("%s", exc)
+                return None
+            except OSError as exc:
+                log.warning("cannot read %s: %s", p, exc)
+                return None
+            layers.append(_shapes_layer(p, objects, mpp, image_name))
+        return layers
+    except Exception:  # a bug of ours or a case nobody foresaw: still no traceback into napari
+        log.exception("cannot read %s", path)
+        return None
 
 
 def _shapes_layer(path: Path, objects: Sequence[Any], mpp: float | None, image_name: str | None) -> LayerDataTuple:

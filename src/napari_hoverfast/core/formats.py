@@ -98,10 +98,7 @@ def write_geojson(nuclei: Nuclei, path: str | os.PathLike[str]) -> int:
     from .geojson import write_detections
 
     format_of(path, "geojson")
-    classes = _classes(nuclei)
-    if classes is None:
-        return write_detections(path, nuclei.polygons, nuclei.rows())
-    return write_detections(path, nuclei.polygons, nuclei.rows(), classifications=classes)
+    return write_detections(path, nuclei.polygons, nuclei.measurements(), classifications=_classes(nuclei))
 
 
 def write_csv(nuclei: Nuclei, path: str | os.PathLike[str]) -> int:
