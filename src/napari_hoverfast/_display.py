@@ -40,7 +40,7 @@ from ._colours import (
     unit_scale,
 )
 from ._edits import EditFollower, append_copy, empty_like
-from ._layers import Box4, has_layer, shapes_data_from_polygons
+from ._layers import Box4, shapes_data_from_polygons
 from ._overlays import factor_for, overview_colormap, overview_of, paint_points
 from .core.nuclei import Nuclei
 
@@ -385,7 +385,3 @@ def _inside(box: Box4 | None, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _contains(outer: Box4, inner: Box4) -> bool:
     return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
 
-
-def is_displayed(viewer: Any, display: NucleiDisplay) -> bool:
-    """Whether the display's layer is still in the viewer."""
-    return has_layer(viewer.layers, display.layer)

@@ -22,6 +22,7 @@ from napari.utils.notifications import show_error
 
 from ._colours import NO_COLOR, SINGLE_COLOURS
 from ._display import ALL, OUTLINES, OVERVIEW, DisplayOptions, NucleiDisplay  # noqa: F401 - the display's modes, for users of the widget
+from ._displays import Displays
 from ._form import (  # noqa: F401
     MODEL_DEFAULT,
     MODEL_FILE,
@@ -35,12 +36,6 @@ from ._layers import (
     camera_of,
     has_layer,
     layer_mpp,
-    layer_token,
-    same_layer,
-    screen_px_per_level0,
-    shapes_extent,
-    slide_size,
-    view_edges,
 )
 from ._models import ModelControls
 from ._novel import novel_nuclei  # noqa: F401 - part of the widget's interface (tests)
@@ -93,7 +88,7 @@ class HoverFastWidget(HoverFastForm):
         self.display_options = DisplayOptions()
         self.temp_images: dict[str, str] = {}  # image token -> TIFF written for it
         self.tissue_masks = TissueMasks()
-        self._displays: dict[str, NucleiDisplay] = {}  # by layer token
+        self.displays = Displays(viewer)
         self._models = ModelControls(self)
         self._cache = WidgetCache()
         self._pbar: Any = None
@@ -118,7 +113,7 @@ class HoverFastWidget(HoverFastForm):
         camera = camera_of(viewer)
         camera.events.center.connect(self._on_camera)
         camera.events.zoom.connect(self._on_camera)
-        session, displays, results = self.session, self._displays, self.results
+        session, displays, results = self.session, self.displays, self.results
         self.native.destroyed.connect(lambda *_: _on_destroyed(session, displays, results))
         self._on_scope(self.scope.value)
         self._select_active_image()
@@ -158,10 +153,7 @@ class HoverFastWidget(HoverFastForm):
         run = self.session.run
         if run is not None and not has_layer(self.viewer.layers, run.layer):
             self.session.cancel()  # its layer was deleted, or the viewer is closing
-        for key, display in list(self._displays.items()):
-            if not has_layer(self.viewer.layers, display.layer):
-                del self._displays[key]
-                display.close()
+        self.displays.drop_removed()
         self.reset_choices()
         if event is not None and getattr(event, "type", "") == "inserted" and self.image.value is None:
             self._select_active_image()
@@ -286,7 +278,7 @@ class HoverFastWidget(HoverFastForm):
             self._pbar.close()
             self._pbar = None
         self.set_running(False)
-        display = self._displays.get(layer_token(run.layer))
+        display = self.displays.known(run.layer)
         total = len(display.nuclei) if display is not None else 0
         text = ended_text(run, total)
         if display is not None:
@@ -320,20 +312,7 @@ class HoverFastWidget(HoverFastForm):
 
     def display(self, layer: Shapes) -> NucleiDisplay:
         """What the nuclei layer shows and holds (made on first use, following the current view)."""
-        token = layer_token(layer)
-        display = self._displays.get(token)
-        if display is None or not same_layer(display.layer, layer):
-            image = image_of(self.viewer, layer)
-            size = slide_size(image) if image is not None else shapes_extent(layer)
-            display = NucleiDisplay(self.viewer, layer, layer.metadata.get("mpp"), size, self.display_options)
-            if display.feature == NO_COLOR and not layer.metadata.get("color_by"):
-                display.feature = self.color_by.value
-            display.single = SINGLE_COLOURS[self.single_colour.value]
-            if image is not None:  # the outlines follow the view from the camera's next move
-                display.view = view_edges(self.viewer, image)
-                display.set_zoom(screen_px_per_level0(self.viewer, layer))
-            self._displays[token] = display
-        return display
+        return self.displays.of(layer, self.display_options, self.color_by.value, SINGLE_COLOURS[self.single_colour.value])
 
     def current_display(self, *, create: bool = True) -> NucleiDisplay | None:
         """The display of the chosen image's nuclei layer, if it has one (made now unless ``create`` is false)."""
@@ -341,7 +320,7 @@ class HoverFastWidget(HoverFastForm):
         layer = self.nuclei_layer(image) if image is not None else None
         if layer is None:
             return None
-        return self.display(layer) if create else self._displays.get(layer_token(layer))
+        return self.display(layer) if create else self.displays.known(layer)
 
     def draw_region(self, *_: Any) -> Shapes | None:
         """Add (or select) the image's regions layer, ready to draw a rectangle, and run on its rectangles."""
@@ -369,10 +348,7 @@ class HoverFastWidget(HoverFastForm):
         """The camera settled: outlines near the view at a readable width, regions' edges, the run's focus."""
         if self.session.closed:
             return
-        for display in list(self._displays.values()):
-            image = image_of(self.viewer, display.layer)
-            if image is not None and has_layer(self.viewer.layers, display.layer):
-                display.set_view(view_edges(self.viewer, image), screen_px_per_level0(self.viewer, display.layer))
+        self.displays.follow_view()
         for layer in region_layers_of(self.viewer):
             follow_zoom(self.viewer, layer)
         run = self.session.run
@@ -386,14 +362,12 @@ class HoverFastWidget(HoverFastForm):
         return self.results.export(path, layer)
 
 
-def _on_destroyed(session: RunSession, displays: dict[str, NucleiDisplay], results: ResultsPanel) -> None:
+def _on_destroyed(session: RunSession, displays: Displays, results: ResultsPanel) -> None:
     """The widget (or its viewer) closed: stop the run so no thread outlives it for long."""
     session.close()
     with contextlib.suppress(RuntimeError, AttributeError):  # the viewer may be gone already
         results.close()
-    for display in displays.values():
-        with contextlib.suppress(RuntimeError):  # the layer is gone along with the viewer
-            display.detach()
+    displays.detach()
 
 
 __all__ = ["MODEL_DEFAULT", "MODEL_FILE", "NO_COLOR", "SCOPE_RECTANGLES", "SCOPE_VIEW", "SCOPE_WHOLE", "HoverFastWidget",
