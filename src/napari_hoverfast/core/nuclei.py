@@ -71,6 +71,9 @@ _TAIL_COLUMNS = (
     (CENTROID_Y, "centroid_y", False), (TILE, "tile", False),
 )
 _FIXED = {name: key for name, key, _ in (*_SHAPE_COLUMNS, *_TAIL_COLUMNS)}
+#: What ``measurements.shape_measurements`` returns, and the columns it fills.
+_SHAPE_KEYS = ("circularity", "solidity", "eccentricity", "max_caliper", "min_caliper", "major_axis", "minor_axis")
+_SHAPE_KEYS_UM = {"circularity", "solidity", "eccentricity", "max_caliper_um", "min_caliper_um", "major_axis_um", "minor_axis_um"}
 _MIN_CAPACITY = 1024
 
 
@@ -147,8 +150,12 @@ class Nuclei:
             self._extra[name] = np.full(len(self._buf["ids"]), np.nan)
 
     def _compute(self, polygons: Sequence[Polygon] | np.ndarray, probability: npt.ArrayLike, tile: npt.ArrayLike,
-                 ids: np.ndarray, classification: Any) -> dict[str, np.ndarray]:
-        """All computed columns for a batch of polygons (shapely-vectorised geometry and shape)."""
+                 ids: np.ndarray, classification: Any, *, shape: bool = True) -> dict[str, np.ndarray]:
+        """All computed columns for a batch of polygons (shapely-vectorised geometry and shape).
+
+        ``shape=False`` leaves the shape columns NaN: a file that carries them all (our own exports
+        do) is read back without recomputing calipers and moments, the slowest part of reading.
+        """
         geoms = np.empty(len(polygons), dtype=object)
         geoms[:] = list(polygons)
         n = len(geoms)
@@ -165,7 +172,7 @@ class Nuclei:
         area = shapely.area(geoms).astype(np.float64)
         length = shapely.length(geoms).astype(np.float64)
         centroids = shapely.centroid(geoms)
-        shape = m.shape_measurements(geoms)
+        shape = m.shape_measurements(geoms) if shape else {k: np.full(n, np.nan) for k in _SHAPE_KEYS}
         mpp = self.mpp if self.mpp is not None else math.nan
         return {
             "ids": ids,
@@ -235,7 +242,9 @@ class Nuclei:
                 overrides: Mapping[str, np.ndarray] | None = None) -> Nuclei:
         n = len(polygons)
         ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-        columns = self._compute(polygons, probability, tile, ids, classification)
+        given = {_FIXED[name] for name, values in (overrides or {}).items() if len(values) == n and np.isfinite(values).all()}
+        shape = not _SHAPE_KEYS_UM <= given
+        columns = self._compute(polygons, probability, tile, ids, classification, shape=shape)
         for name, values in (overrides or {}).items():  # a file's own values win over recomputed ones
             key = _FIXED[name]
             columns[key] = np.where(np.isfinite(values), values, columns[key])
