@@ -322,6 +322,11 @@ def segment_slide(
         # share it at no start-up cost (1.6× on 2 cores; a process pool takes seconds to start).
         workers = usable_cores()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hoverfast-post")
+    elif options.workers is None and workers == 0 and len(tiles) > 1:
+        # Few cores: one thread post-processes a tile while the network runs the next (torch and
+        # scipy release the GIL). On 2 cores, whole slide: 187 % CPU instead of 174 %, 5 % faster;
+        # a worker process there is slower (it takes a core from the forward).
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoverfast-post")
     elif workers > 0:
         pool = shared_worker_pool(workers)  # once per process, started with Ctrl-C blocked: no worker traceback
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoverfast-cache") if cache is not None else None
