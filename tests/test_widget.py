@@ -417,9 +417,10 @@ def test_cache_on_by_default_rethreshold_and_clear(make_napari_viewer, checkpoin
     assert other.tile_cache() is None  # warned, and runs without
 
 
-def test_from_the_plugin_menu_layer_export_and_save_hold_the_same_nuclei(make_napari_viewer, tmp_path):
-    """Two overlapping regions, the current view twice, then export and File › Save Selected Layers:
-    the layer, the export and the saved file hold the same nuclei, with no duplicates."""
+def test_from_the_plugin_menu_layer_export_and_save_hold_the_same_nuclei(make_napari_viewer, tmp_path, qtbot):
+    """Two overlapping regions, the current view twice, a whole-slide run cancelled and then resumed,
+    then export and File › Save Selected Layers: the layer, the export and the saved file hold the
+    same nuclei, with no duplicates."""
     from napari_hoverfast.core.default_model import default_model_path
 
     viewer = make_napari_viewer()
@@ -427,11 +428,22 @@ def test_from_the_plugin_menu_layer_export_and_save_hold_the_same_nuclei(make_na
     widget = make_widget(viewer, default_model_path())
     run_on_rectangles(widget, viewer, (0, 0, 100, 100))
     run_on_rectangles(widget, viewer, (50, 50, 150, 150))
-    viewer.camera.center = (128.0, 128.0)
-    viewer.camera.zoom = 3.0
+    viewer.scene.camera.center = (128.0, 128.0)
+    viewer.scene.camera.zoom = 3.0
     widget.scope.value = SCOPE_VIEW
     widget.run()
     widget.run()  # the same view again adds nothing
+    widget.synchronous = False
+    widget.scope.value = SCOPE_WHOLE
+    widget.run()
+    qtbot.waitUntil(lambda: widget.progress.value >= 1 or not widget.running, timeout=120_000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    layer = widget.nuclei_layer(image)
+    assert layer.metadata["cancelled"] is True
+    widget.run()  # resumed: tiles done before come from the cache
+    qtbot.waitUntil(lambda: not widget.running, timeout=300_000)
+    assert layer.metadata["cancelled"] is False
     layer = widget.nuclei_layer(image)
     nuclei = [o.geometry for o in read_geojson(widget.export(tmp_path / "cells.geojson")[0])]
     viewer.layers.selection = {layer}
