@@ -44,3 +44,20 @@ def _own_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     another's cached tiles, and none writes into the real user cache."""
     monkeypatch.setenv("NAPARI_HOVERFAST_CACHE", str(tmp_path / "user-cache"))
     monkeypatch.setenv("NAPARI_HOVERFAST_TILE_CACHE", str(tmp_path / "tile-cache"))
+
+
+@pytest.fixture
+def checkpoint(shared_dir: Path) -> Path:
+    """The shared random-weight reference checkpoint (the widget tests' small, real model)."""
+    path = shared_dir / "reference" / "ckpt_A.pth"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+@pytest.fixture
+def slide_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One user cache folder for the whole session (slides opened once, not per test)."""
+    folder = tmp_path_factory.getbasetemp() / "hoverfast-cache"
+    monkeypatch.setenv("NAPARI_HOVERFAST_CACHE", str(folder))
+    return folder

@@ -16,7 +16,7 @@ import shapely
 from napari_hoverfast.core.cache import CacheError, TileCache, TileMaps, slide_fingerprint
 from napari_hoverfast.core.default_model import has_default_model, load_model
 from napari_hoverfast.core.model import load_checkpoint
-from napari_hoverfast.core.pipeline import Progress, RunOptions, run_to_end, segment_slide
+from napari_hoverfast.core.pipeline import Progress, RunOptions, segment_slide
 from napari_hoverfast.core.slide import Slide
 from napari_hoverfast.core.speed import native_bf16
 from napari_hoverfast.core.tiling import Box, TilingOptions

@@ -153,7 +153,6 @@ def test_an_unusable_cache_folder_is_one_line(tmp_path: Path, tile: Path, ckpt: 
 
 @pytest.mark.skipif(not has_default_model(), reason="needs the embedded default model")
 def test_sigterm_writes_the_partial_set_and_exits_143(tmp_path: Path, tile: Path) -> None:
-    import signal
 
     out, cache = tmp_path / "cells.geojson", tmp_path / "cache"
     cmd = [sys.executable, "-m", "napari_hoverfast.cli", "segment", str(tile), "-o", str(out), "--mpp", "0.25",

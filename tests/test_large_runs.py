@@ -7,45 +7,24 @@ tested.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
-from _plugin import open_widget
+from _plugin import configure, open_widget
 
 from napari_hoverfast._form import SCOPE_VIEW, SCOPE_WHOLE
 from napari_hoverfast._layers import world_point
 from napari_hoverfast._sample_data import sample_slide
-from napari_hoverfast._widget import MODEL_FILE
 
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def checkpoint(shared_dir: Path) -> Path:
-    path = shared_dir / "reference" / "ckpt_A.pth"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return path
-
-
-@pytest.fixture
-def slide_cache(tmp_path_factory, monkeypatch):
-    folder = tmp_path_factory.getbasetemp() / "hoverfast-cache"
-    monkeypatch.setenv("NAPARI_HOVERFAST_CACHE", str(folder))
-    return folder
 
 
 def open_slide(viewer, checkpoint):
     data, kwargs, _ = sample_slide()[0]
     image = viewer.add_image(data, **kwargs)
-    widget = open_widget(viewer)
-    widget.postprocess_workers = 0
-    widget.tile_size.value = 256
-    widget.device.value = "cpu"
-    widget.model_choice.value = MODEL_FILE
-    widget.model_path.value = checkpoint
-    return image, widget
+    return image, configure(open_widget(viewer), checkpoint, synchronous=None)
 
 
 def started(widget) -> bool:

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
-from _plugin import open_widget
+from _plugin import configure, open_widget
 
 from napari_hoverfast import _session
 from napari_hoverfast._sample_data import sample_slide, sample_tile
 from napari_hoverfast._widget import (
-    MODEL_FILE,
     NO_COLOR,
     SCOPE_RECTANGLES,
     SCOPE_VIEW,
@@ -38,19 +37,6 @@ pytestmark = pytest.mark.gui
 MPP = 0.25  # the sample tile's µm per pixel
 
 
-@pytest.fixture
-def checkpoint(shared_dir: Path) -> Path:
-    path = shared_dir / "reference" / "ckpt_A.pth"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return path
-
-
-@pytest.fixture
-def slide_cache(tmp_path_factory, monkeypatch):
-    folder = tmp_path_factory.getbasetemp() / "hoverfast-cache"
-    monkeypatch.setenv("NAPARI_HOVERFAST_CACHE", str(folder))
-    return folder
 
 
 def add_sample(viewer, sample=sample_tile):
@@ -60,14 +46,7 @@ def add_sample(viewer, sample=sample_tile):
 
 def make_widget(viewer, checkpoint, *, synchronous=True) -> HoverFastWidget:
     """The widget as users open it: Plugins › HoverFast nuclei (napari hands it proxies of the viewer)."""
-    widget = open_widget(viewer)
-    widget.synchronous = synchronous
-    widget.postprocess_workers = 0
-    widget.tile_size.value = 256
-    widget.device.value = "cpu"
-    widget.model_choice.value = MODEL_FILE
-    widget.model_path.value = checkpoint
-    return widget
+    return configure(open_widget(viewer), checkpoint, synchronous=synchronous)
 
 
 def rectangles(viewer, *boxes_um):

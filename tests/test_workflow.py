@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
-from _plugin import open_widget
+from _plugin import configure, open_widget
 from napari.utils._test_utils import read_only_mouse_event
 from napari.utils.colormaps.standardize_color import transform_color
 from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
@@ -23,7 +23,6 @@ from napari_hoverfast._form import SCOPE_RECTANGLES, SCOPE_VIEW, SCOPE_WHOLE
 from napari_hoverfast._legend import legend_pixels
 from napari_hoverfast._results import export_folder
 from napari_hoverfast._sample_data import sample_slide, sample_tile
-from napari_hoverfast._widget import MODEL_FILE
 from napari_hoverfast.core import predict
 from napari_hoverfast.core.geojson import read_geojson
 
@@ -32,23 +31,9 @@ pytestmark = pytest.mark.gui
 MPP = 0.25
 
 
-@pytest.fixture
-def checkpoint(shared_dir: Path) -> Path:
-    path = shared_dir / "reference" / "ckpt_A.pth"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return path
-
 
 def make_widget(viewer, checkpoint):
-    widget = open_widget(viewer)
-    widget.synchronous = True
-    widget.postprocess_workers = 0
-    widget.tile_size.value = 256
-    widget.device.value = "cpu"
-    widget.model_choice.value = MODEL_FILE
-    widget.model_path.value = checkpoint
-    return widget
+    return configure(open_widget(viewer), checkpoint)
 
 
 def add_tile(viewer):
