@@ -7,7 +7,9 @@ and its mirror images, in islands on glass — then runs ``napari-hoverfast segm
 slide (tissue found automatically) as a whole process under ``/usr/bin/time -v`` and prints CPU use
 (200 % = two cores all along), the share of CPU time spent in the kernel, and the peak memory of
 each size with their ratio. Set ``NAPARI_HOVERFAST_NO_MALLOPT=1`` to see the run without the glibc
-heap tuning (``core/speed.py``); ``--compare-malloc`` runs both, alternating.
+heap tuning (``core/speed.py``); ``--compare-malloc`` runs both, alternating. ``--compare-compile``
+runs each slide with and without ``--compile`` (``torch.compile``, its compile time included) and
+prints the wall-time ratio.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[6144, 10240])
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--compare-malloc", action="store_true")
+    parser.add_argument("--compare-compile", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_wholeslide_"))
     print(f"{os.cpu_count()} cores; napari-hoverfast segment SLIDE (whole slide, defaults)")
@@ -58,19 +61,25 @@ def main() -> None:
     peaks = []
     for size in args.sizes:
         slide, tissue = synthetic_slide(work / f"slide_{size}.tif", size, args.shared)
-        variants = {"default": None}
+        variants: dict[str, tuple[dict[str, str], list[str]]] = {"default": ({}, [])}
         if args.compare_malloc:
-            variants["no mallopt"] = "1"
-        for name, flag in variants.items():
-            env = dict(os.environ)
-            if flag:
-                env["NAPARI_HOVERFAST_NO_MALLOPT"] = flag
-            t = timed([sys.executable, "-m", "napari_hoverfast.cli", "segment", str(slide), "-o", str(work / f"n{size}.geojson")], env=env)
+            variants["no mallopt"] = ({"NAPARI_HOVERFAST_NO_MALLOPT": "1"}, [])
+        if args.compare_compile:
+            variants["--compile"] = ({}, ["--compile"])
+        walls = {}
+        for name, (extra_env, extra_args) in variants.items():
+            env = {**os.environ, **extra_env}
+            command = [sys.executable, "-m", "napari_hoverfast.cli", "segment", str(slide), "-o", str(work / f"n{size}.geojson"), *extra_args]
+            t = timed(command, env=env)
+            walls[name] = t.wall
             if t.returncode:
                 raise SystemExit(f"segment failed on {slide} (exit {t.returncode})")
             print(f"| {size}² | {tissue:.0%} | {name} | {t.wall:.0f} s | {t.cpu_percent:.0f} % | {t.system_share:.1%} | {t.peak_gb:.2f} GB |")
             if name == "default":
                 peaks.append(t.peak_gb)
+        for name in walls:
+            if name != "default":
+                print(f"{size}²: wall {name} / default = {walls[name] / walls['default']:.2f}")
     if len(peaks) > 1:
         print(f"peak memory, largest / smallest slide: {peaks[-1] / peaks[0]:.2f} "
               f"({args.sizes[-1] ** 2 / args.sizes[0] ** 2:.1f}× the pixels)")

@@ -31,7 +31,7 @@ if [[ $stage == all || $stage == 2 ]]; then
   INIT=runs/stage1.pth; [[ -f $INIT ]] || INIT=default
   napari-hoverfast -v train "$N/gbm40" "$N/monuseg_train" "$N/consep_train" "$N/tnbc" \
     -o runs/stage2.pth --init "$INIT" --steps 20000 --batch-size 8 --patch-size 256 --lr 5e-4 \
-    --eval-every 100 --seed 1 --precision auto --max-minutes 110 \
+    --eval-every 100 --seed 1 --precision auto --max-minutes 100 \
     --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 \
     --exclude "${HELD_OUT[@]}"
 fi

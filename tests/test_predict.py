@@ -60,3 +60,48 @@ def test_precision_choices(shared_dir: Path) -> None:
         Predictor(model, PredictOptions(precision="fp16"))
     with pytest.raises(ValueError, match="Unknown stain"):
         PredictOptions(stain="pas")  # type: ignore[arg-type]
+
+
+def test_compiled_network_finds_the_same_nuclei(shared_dir: Path) -> None:
+    """``compile=True`` (``--compile``): tiles padded to the compile step, maps cropped back; the
+    maps agree with the eager network away from the padded edge, and the run finds the same nuclei."""
+    from napari_hoverfast.core.default_model import load_default_model
+    from napari_hoverfast.core.predict import COMPILE_STEP
+
+    model = load_default_model("cpu")
+    images = prepare(io.imread(shared_dir / "data" / "tcga_tile.png")[None, :200, :232, :3], "he")
+    assert 200 % COMPILE_STEP and 232 % COMPILE_STEP  # exercises the padding
+    compiled = Predictor(model, PredictOptions(precision="fp32", compile=True))
+    prob_c, hv_c = compiled(images)
+    prob_e, hv_e = Predictor(model, PredictOptions(precision="fp32"))(images)
+    assert prob_c.shape == prob_e.shape == (1, 200, 232) and hv_c.shape == hv_e.shape == (1, 2, 200, 232)
+    inner = (slice(None), slice(0, 200 - 80), slice(0, 232 - 80))  # a tile's 80 px of context
+    assert np.abs(prob_c[inner] - prob_e[inner]).max() < 1e-3
+    with Slide(shared_dir / "data" / "tcga_tile.png", mpp=0.25) as slide:
+        box = [Box(0, 0, 400, 400)]
+        eager = run_to_end(segment_slide(slide, model, box, RunOptions(precision="fp32", workers=0)))
+        fast = run_to_end(segment_slide(slide, model, box, RunOptions(precision="fp32", workers=0, compile=True)))
+    assert abs(len(fast.nuclei) - len(eager.nuclei)) <= 1 and len(eager.nuclei) > 20
+
+
+def test_test_time_augmentation_is_flip_equivariant(shared_dir: Path) -> None:
+    """``tta=True`` averages the four flips: the maps of a mirrored tile are the mirrored maps, with
+    the mirrored direction's map negated, and a run finds about as many nuclei as without."""
+    from napari_hoverfast.core.default_model import load_default_model
+
+    model = load_default_model("cpu")
+    images = prepare(io.imread(shared_dir / "data" / "tcga_tile.png")[None, :160, :192, :3], "he")
+    tta = Predictor(model, PredictOptions(precision="fp32", tta=True))
+    prob, hv = tta(images)
+    prob_m, hv_m = tta(np.ascontiguousarray(images[:, :, ::-1]))
+    assert np.abs(prob_m[:, :, ::-1] - prob).max() < 1e-4
+    assert np.abs(-hv_m[:, 0, :, ::-1] - hv[:, 0]).max() < 1e-4
+    assert np.abs(hv_m[:, 1, :, ::-1] - hv[:, 1]).max() < 1e-4
+    plain, _ = Predictor(model, PredictOptions(precision="fp32"))(images)
+    assert np.abs(plain - prob).mean() < 0.05
+    with Slide(shared_dir / "data" / "tcga_tile.png", mpp=0.25) as slide:
+        box = [Box(0, 0, 400, 400)]
+        eager = run_to_end(segment_slide(slide, model, box, RunOptions(workers=0)))
+        flipped = run_to_end(segment_slide(slide, model, box, RunOptions(workers=0, tta=True)))
+    assert flipped.parameters["tta"] is True
+    assert abs(len(flipped.nuclei) - len(eager.nuclei)) <= 0.15 * len(eager.nuclei)

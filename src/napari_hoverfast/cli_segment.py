@@ -25,7 +25,7 @@ def run_options(args: argparse.Namespace, *, workers: int | None = None):  # typ
             tiling=TilingOptions(tile=args.tile_size), batch_size=args.batch_size, stain=args.stain,
             min_area_um2=args.min_area, max_area_um2=args.max_area, simplify=args.simplify,
             mask_threshold=args.prob_threshold, marker_threshold=args.marker_threshold, workers=workers, ihc=ihc,
-            precision=args.precision, min_solidity=args.min_solidity,
+            precision=args.precision, compile=args.compile, tta=args.tta, min_solidity=args.min_solidity,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None

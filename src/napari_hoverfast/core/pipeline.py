@@ -65,6 +65,10 @@ class RunOptions:
     batch_size: int | None = None
     stain: Stain = "he"
     precision: Precision = "auto"
+    #: ``torch.compile`` the network: faster forward after a compile of tens of seconds (whole slides).
+    compile: bool = False
+    #: Test-time augmentation: mean over the tile and its 3 flips (4× the forward; docs/MODEL_CARD.md).
+    tta: bool = False
     min_area_um2: float = 5.0
     max_area_um2: float | None = None
     simplify: float = 6.0
@@ -282,7 +286,7 @@ def segment_slide(
     geometry = slide_geometry(slide)
     tiles = plan_run(slide, regions, geometry, options, tissue=tissue, priority=priority, multiple=model.config.multiple)
     post = options.postprocess(geometry.work_mpp)
-    predictor = Predictor(model, PredictOptions(stain=options.stain, precision=options.precision))
+    predictor = Predictor(model, PredictOptions(stain=options.stain, precision=options.precision, compile=options.compile, tta=options.tta))
     batch_size = options.batch_size or _default_batch_size(model, tiles[0].input.w if tiles else options.tiling.tile)
     workers = _default_workers(len(tiles), model.device.type) if options.workers is None else options.workers
     nuclei = Nuclei(mpp=geometry.mpp, ihc=options.ihc if options.stain == "ihc_dab" else None,
@@ -313,6 +317,7 @@ def segment_slide(
             "slide": slide_fingerprint(slide.path, slide.dimensions), "model": model.sha256,
             "work_mpp": round(geometry.work_mpp, 9), "scale": round(geometry.scale, 9),
             "stain": options.stain, "precision": predictor.precision, "device": model.device.type,
+            **({"tta": True} if options.tta else {}),  # keys of runs without TTA stay as they were
         }
         keys = {s.index: tile_key(**parts, input=astuple(s.input), window=astuple(works[s.index].window)) for s in tiles}
     cached = {i for i, key in keys.items() if key in cache}  # type: ignore[operator]
