@@ -4,7 +4,9 @@ Outlines lie over haematoxylin (dark blue-purple) and eosin (pink). A colour map
 end (turbo's, viridis') vanishes on the nuclei it should outline, so the map here is the bright
 middle of turbo: blue, cyan, green, yellow, orange, every step at least half as light as white.
 Any numeric measurement of :meth:`~napari_hoverfast.core.nuclei.Nuclei.measurements` can colour
-the nuclei: the choices are made from the columns, not from a list of names. No Qt here.
+the nuclei: the choices are made from the columns, not from a list of names. IHC results can also be
+coloured by class (:data:`IHC_CLASS`), in QuPath's own class colours (``core/ihc.py``), so the
+canvas reads like QuPath's. No Qt here.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 from napari.utils.colormaps import Colormap, ensure_colormap
 
+from .core.ihc import CLASSES, COLORS, SCORE
 from .core.nuclei import AREA_PX, AREA_UM2, CENTROID_X, CENTROID_Y, PERIMETER_UM, PROBABILITY, TILE
 
 #: "Colour by" choice for one colour.
 NO_COLOR = "(single colour)"
+#: "Colour by" choice for the IHC class (Negative, 1+, 2+, 3+), offered where the results have an IHC score.
+IHC_CLASS = "IHC class"
+#: Nuclei without a class (drawn by hand, no DAB OD mean): light grey, as QuPath draws unclassified objects.
+UNCLASSIFIED = (0.8, 0.8, 0.8, 1.0)
 #: The single colours offered (RGBA); the first is the default. All light: they read on H&E.
 SINGLE_COLOURS: dict[str, tuple[float, float, float, float]] = {
     "yellow": (1.0, 0.85, 0.0, 1.0),
@@ -55,7 +62,26 @@ def colour_choices(measurements: Mapping[str, np.ndarray]) -> list[str]:
         name for name, values in measurements.items()
         if name not in _NOT_COLOURS and np.issubdtype(np.asarray(values).dtype, np.number)
     ]
+    if SCORE in names:  # IHC results: their class as well, categorical (beside the numeric score)
+        names.insert(names.index(SCORE), IHC_CLASS)
     return [NO_COLOR, *names]
+
+
+def class_palette() -> np.ndarray:
+    """(5, 4) RGBA: QuPath's colours of Negative, 1+, 2+, 3+, then the unclassified grey."""
+    rgb = np.asarray([COLORS[name] for name in CLASSES], dtype=np.float32) / 255.0
+    return np.vstack([np.c_[rgb, np.ones(len(rgb), np.float32)], np.asarray([UNCLASSIFIED], np.float32)])
+
+
+def class_index(classes: np.ndarray) -> np.ndarray:
+    """Row of each nucleus's class in :func:`class_palette` (the last for None or a class not IHC's)."""
+    lookup = {name: i for i, name in enumerate(CLASSES)}
+    return np.fromiter((lookup.get(c, len(CLASSES)) for c in classes), dtype=np.int64, count=len(classes))
+
+
+def class_colours(classes: np.ndarray) -> np.ndarray:
+    """RGBA of each nucleus's IHC class in QuPath's colours (unclassified: light grey)."""
+    return class_palette()[class_index(classes)]
 
 
 def default_limits(feature: str, mpp: float | None) -> tuple[float, float]:
@@ -100,14 +126,17 @@ class Legend:
     feature: str
     low: float
     high: float
-    colours: np.ndarray  # (n, 4) RGBA from low to high; one row for a single colour
+    colours: np.ndarray  # (n, 4) RGBA from low to high; one row for a single colour; one per class
+    classes: tuple[str, ...] = ()  # categorical: the class of each colour (no scale)
 
     @property
     def single(self) -> bool:
-        return len(self.colours) == 1
+        return len(self.colours) == 1 and not self.classes
 
     @property
     def text(self) -> str:
+        if self.classes:
+            return "  ".join(f"{_swatch(c)} {name}" for name, c in zip(self.classes, self.colours, strict=True))
         if self.single:
             return "One colour for every nucleus"
         return f"{_number(self.low)} – {_number(self.high)}  ({self.feature})"
@@ -120,3 +149,14 @@ def _number(value: float) -> str:
     if magnitude >= 10:
         return f"{value:.1f}"
     return f"{value:.3g}"
+
+
+def hex_colour(rgba: np.ndarray) -> str:
+    """``#rrggbb`` of an RGBA colour in 0..1."""
+    r, g, b = (int(round(float(v) * 255)) for v in np.clip(np.asarray(rgba, dtype=np.float64)[:3], 0.0, 1.0))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _swatch(rgba: np.ndarray) -> str:
+    """A square of the colour in rich text (Qt labels render it)."""
+    return f'<span style="color:{hex_colour(rgba)}">&#9632;</span>'

@@ -15,13 +15,14 @@ Selected Layers), and napari is given at most :attr:`DisplayOptions.max_outlines
 Outlines are drawn about :attr:`DisplayOptions.edge_px` screen pixels wide at every zoom (napari's
 edge width is in data units, so it is set again when the zoom settles), and the layer's own
 controls show the colour and width drawn. Edits the user makes in the Shapes layer are carried into
-the container by ``_edits.py``. No Qt here: the widget debounces camera moves and calls ``set_view``.
+the container by ``_edits.py``; ``listeners`` hear of every change of the container (the IHC
+summary follows edits that way). No Qt here: the widget debounces camera moves and calls ``set_view``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,13 @@ import numpy as np
 from napari.layers import Shapes
 
 from ._colours import (
+    IHC_CLASS,
     NO_COLOR,
     PLAIN_EDGE,
     Legend,
+    class_colours,
+    class_index,
+    class_palette,
     colormap,
     data_limits,
     default_limits,
@@ -42,6 +47,7 @@ from ._colours import (
 from ._edits import EditFollower, append_copy, empty_like
 from ._layers import Box4, shapes_data_from_polygons
 from ._overlays import factor_for, overview_colormap, overview_of, paint_points
+from .core.ihc import CLASSES, SCORE, IhcOptions
 from .core.nuclei import Nuclei
 
 #: Display modes (``metadata["display"]`` of the nuclei layer).
@@ -100,6 +106,8 @@ class NucleiDisplay:
         self.single = PLAIN_EDGE
         self.edge_width = 1.0  # level-0 px; set from the zoom by set_zoom
         self._ours = False  # set while this class changes the layer: its events are not user edits
+        #: Called with this display after each change of ``nuclei`` (a batch, a re-threshold, an edit).
+        self.listeners: list[Callable[[NucleiDisplay], None]] = []
         factor = factor_for(self.slide_size, self.options.overview_px, self.options.overview_max_side)
         self.sheet = overview_of(viewer, layer, self.slide_size, factor)  # the overview raster
         self.edits = EditFollower(self)
@@ -216,7 +224,7 @@ class NucleiDisplay:
         if not force and self.mode == OUTLINES and self.window is not None and _contains(self.window, view):
             return
         if self.sheet.ensure():  # windowed from now on (made again if the user deleted it)
-            self.sheet.layer.colormap = overview_colormap(self._single_or_none())  # type: ignore[union-attr]
+            self.sheet.layer.colormap = overview_colormap(self._overview_colours())  # type: ignore[union-attr]
             self.paint(self.nuclei)
         x0, y0, x1, y1 = view
         mx, my = (x1 - x0) * self.options.margin, (y1 - y0) * self.options.margin
@@ -257,11 +265,21 @@ class NucleiDisplay:
             return None
         return values
 
-    def _single_or_none(self) -> tuple[float, ...] | None:
+    @property
+    def by_class(self) -> bool:
+        """Coloured by IHC class (categorical: QuPath's class colours, no scale)."""
+        return self.feature == IHC_CLASS
+
+    def _overview_colours(self) -> tuple[float, ...] | np.ndarray | None:
+        """The overview's colours: the class palette, the one colour, or None for the measurement's scale."""
+        if self.by_class:
+            return class_palette()
         return self.single if self._values(self.nuclei) is None else None
 
     def colors(self, nuclei: Nuclei) -> np.ndarray:
-        """RGBA edge colours of ``nuclei`` for the chosen feature (its current scale), or the one colour."""
+        """RGBA edge colours of ``nuclei`` for the chosen feature (its current scale, or its class), or the one colour."""
+        if self.by_class:
+            return class_colours(nuclei.classifications())
         values = self._values(nuclei)
         if values is None:
             return np.tile(np.asarray(self.single, dtype=np.float32), (len(nuclei), 1))
@@ -288,11 +306,29 @@ class NucleiDisplay:
             self.sheet.raster[:] = 0
             self.paint(self.nuclei)
             if self.sheet.exists():
-                self.sheet.layer.colormap = overview_colormap(self._single_or_none())  # type: ignore[union-attr]
+                self.sheet.layer.colormap = overview_colormap(self._overview_colours())  # type: ignore[union-attr]
             self.sheet.refresh()
 
+    def reclassify(self, ihc: IhcOptions) -> bool:
+        """New IHC thresholds: classes, the "IHC score" feature and colours follow (no network); True if changed."""
+        if self.nuclei.ihc is None or self.nuclei.ihc == ihc:
+            return False
+        self.nuclei.ihc = ihc  # classes and scores are derived from the DAB OD mean when asked for
+        features = self.layer.features
+        if SCORE in features and len(self.shown) == len(features):
+            with self.own_changes():
+                features[SCORE] = self.nuclei.select(self.rows(self.shown)).measurements()[SCORE]
+        if self.feature in (IHC_CLASS, SCORE):
+            self.recolor()
+        self.publish()
+        return True
+
     def legend(self) -> Legend:
-        """The colour map, measurement and scale now drawn (or the one colour)."""
+        """The colour map, measurement and scale now drawn (the classes' colours, or the one colour)."""
+        if self.by_class:
+            unclassified = any(c is None for c in self.nuclei.classifications())
+            names = (*CLASSES, "Unclassified") if unclassified else CLASSES
+            return Legend(self.feature, 0.0, 0.0, class_palette()[:len(names)], classes=names)
         if self._values(self.nuclei) is None:
             return Legend(self.feature, 0.0, 0.0, np.asarray([self.single], dtype=np.float32))
         low, high = self.limits(self.feature)
@@ -305,7 +341,8 @@ class NucleiDisplay:
         with self.own_changes():
             if selected:  # napari applies "current" properties to the selected shapes
                 layer.selected_data = set()
-            colour = self.single if self._values(self.nuclei) is None else tuple(ramp(3)[1])
+            colour = tuple(class_palette()[0]) if self.by_class else \
+                self.single if self._values(self.nuclei) is None else tuple(ramp(3)[1])
             layer.current_edge_color = colour
             layer.current_face_color = "transparent"
             layer.current_edge_width = self.edge_width
@@ -329,8 +366,8 @@ class NucleiDisplay:
             paint_points(raster, f, nuclei.centroid_x, nuclei.centroid_y, 0)
             return
         values = self._values(nuclei)
-        shade: np.ndarray | int = 255 if values is None else \
-            1 + np.round(254 * unit_scale(values, self.limits(self.feature))).astype(np.uint8)
+        shade: np.ndarray | int = (1 + class_index(nuclei.classifications())).astype(np.uint8) if self.by_class else \
+            255 if values is None else 1 + np.round(254 * unit_scale(values, self.limits(self.feature))).astype(np.uint8)
         paint_points(raster, f, nuclei.centroid_x, nuclei.centroid_y, shade)
 
     def _show_overview(self, *_: Any) -> None:
@@ -349,6 +386,8 @@ class NucleiDisplay:
         metadata["nuclei_total"] = len(self.nuclei)
         metadata["display"] = self.mode
         metadata["window"] = self.window
+        for listener in list(self.listeners):
+            listener(self)
 
     @contextmanager
     def own_changes(self) -> Iterator[None]:

@@ -8,7 +8,7 @@ by ``id()``: napari hands plugins a new proxy of a layer at every access. No Qt 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._colours import NO_COLOR
@@ -31,6 +31,8 @@ class Displays:
     def __init__(self, viewer: Any) -> None:
         self.viewer = viewer
         self._by_token: dict[str, NucleiDisplay] = {}
+        #: Called with a display after each change of its nuclei (the widget's IHC summary listens).
+        self.listeners: list[Callable[[NucleiDisplay], None]] = []
 
     def __iter__(self) -> Iterator[NucleiDisplay]:
         return iter(list(self._by_token.values()))
@@ -50,11 +52,16 @@ class Displays:
             if display.feature == NO_COLOR and not layer.metadata.get("color_by"):
                 display.feature = feature
             display.single = single  # type: ignore[assignment]
+            display.listeners.append(self._changed)
             if image is not None:  # the outlines follow the view from the camera's next move
                 display.view = view_edges(self.viewer, image)
                 display.set_zoom(screen_px_per_level0(self.viewer, layer))
             self._by_token[token] = display
         return display
+
+    def _changed(self, display: NucleiDisplay) -> None:
+        for listener in list(self.listeners):
+            listener(display)
 
     def drop_removed(self) -> None:
         """Forget the displays whose layer left the viewer (and remove their overviews)."""

@@ -3,7 +3,8 @@
 Only construction and layout: the behaviour is in ``_widget.py``. The controls are attributes of a
 magicgui ``Container`` (the napari plugin template's pattern), so tests set ``.value`` and press
 buttons as a user would. Units are written one way throughout, as the measurements name them
-("µm^2", "µm/px"). Device, batch size, tile size and the cache sit under "Advanced".
+("µm^2", "µm/px"). Device, batch size, tile size and the cache sit under "Advanced"; the IHC
+thresholds (1+, 2+, 3+) and the positivity summary show only with the IHC stain.
 """
 
 from magicgui.widgets import (
@@ -21,6 +22,7 @@ from magicgui.widgets import (
 )
 
 from ._colours import SINGLE_COLOURS, colour_choices
+from .core.ihc import CLASSES, DEFAULT_THRESHOLDS
 from .core.nuclei import AREA_UM2, Nuclei
 
 SCOPE_RECTANGLES = "Rectangles in a Shapes layer"
@@ -71,6 +73,14 @@ def _line(label: Label) -> Label:
     return label
 
 
+def _full_width(widget) -> None:  # noqa: ANN001 - a magicgui widget inside a labelled container
+    """No label column beside ``widget`` (magicgui keeps one, empty, for every widget it labels)."""
+    labelled = getattr(widget, "_labeled_widget_ref", None)
+    holder = labelled() if labelled is not None else None
+    if holder is not None:
+        holder._label_widget.native.setVisible(False)
+
+
 def _heading(text: str) -> Label:
     return _line(Label(label="", value=f"<b>{text}</b>"))
 
@@ -103,6 +113,17 @@ class HoverFastForm(Container):
                             "Segment only tiles that touch tissue (the slide's tissue mask); glass is left out.")
         self.stain = t(ComboBox(label="Stain", choices=[("H&E", "he"), ("IHC (DAB)", "ihc_dab")], value="he"),
                        "H&E, or IHC with a DAB stain (the haematoxylin channel is segmented).")
+        self.ihc_thresholds = tuple(
+            t(FloatSpinBox(label=f"{name} from DAB OD", value=value, min=0.0, max=3.0, step=0.05),
+              f"Nuclei whose DAB OD mean is at least this are {name} or above (QuPath's default {value:g}). "
+              "The classes, colours and summary follow at once, without the network.")
+            for name, value in zip(CLASSES[1:], DEFAULT_THRESHOLDS, strict=True))
+        for spin in self.ihc_thresholds:
+            spin.native.setDecimals(3)
+        self.ihc_summary = _note(14, "IHC positivity of the nuclei shown: counts per class, % positive and H-score, "
+                                    "in total and per region (QuPath's positive cell detection).")
+        self.ihc = Container(labels=False, visible=False, widgets=[
+            _heading("IHC scoring (DAB OD mean, live)"), Container(widgets=self.ihc_thresholds), self.ihc_summary])
         self.min_area = t(FloatSpinBox(label="Min area (µm^2)", value=5.0, min=0.0, max=1000.0, step=0.5),
                           "Nuclei smaller than this are dropped. Changing it updates the nuclei from the cache in seconds.")
         self.max_area = t(FloatSpinBox(label="Max area (µm^2)", value=0.0, min=0.0, max=100000.0, step=10.0),
@@ -162,12 +183,14 @@ class HoverFastForm(Container):
             self.image, self.pixel_size, self.pixel_hint, self.model_choice, self.model_path, self.model_info,
             self.scope, self.shapes_layer, self.draw_button, self.skip_glass, self.stain,
             _heading("Thresholds (live, from the cache)"), self.min_area, self.max_area, self.threshold,
-            self.run_button, self.cancel_button, self.progress, self.status,
+            self.run_button, self.cancel_button, self.progress, self.status, self.ihc,
             _heading("Display"), self.color_by, self.single_colour, self.legend_bar, self.legend_text,
             self.show_tissue, self.show_coverage, self.nucleus_info, self.nucleus_table,
             self.export_button, self.show_advanced, self.advanced,
         ])
+        _full_width(self.ihc)  # the summary's table needs the dock's width
         self.show_advanced.changed.connect(lambda on: setattr(self.advanced, "visible", bool(on)))
+        self.stain.changed.connect(lambda *_: setattr(self.ihc, "visible", self.stain.value == "ihc_dab"))
 
     def set_running(self, running: bool) -> None:
         """Run and Cancel, the progress bar and the controls a run reads, for a run starting or ending."""

@@ -16,6 +16,7 @@ from napari.layers import Image, Shapes
 from napari.utils.notifications import show_info
 
 from ._form import SCOPE_RECTANGLES, SCOPE_VIEW, SCOPE_WHOLE
+from ._ihc import ihc_options
 from ._layers import camera_of, level0_point
 from ._scope import (
     TissueMasks,
@@ -42,12 +43,13 @@ def run_options(form: Any, workers: int | None) -> RunOptions:
     """The engine's options from the form's fields (``workers``: post-processing processes)."""
     from .core.pipeline import RunError
 
+    ihc = ihc_options(form)  # a UserError when the thresholds do not increase
     try:
         return RunOptions(
             tiling=TilingOptions(tile=int(form.tile_size.value)), batch_size=int(form.batch_size.value) or None,
             stain=form.stain.value, min_area_um2=float(form.min_area.value),
             max_area_um2=float(form.max_area.value) or None, mask_threshold=float(form.threshold.value),
-            workers=workers,
+            workers=workers, ihc=ihc,
         )
     except (RunError, ValueError) as exc:
         raise UserError(str(exc)) from None
@@ -96,7 +98,7 @@ def retune_job(layer: Shapes | None, options: RunOptions, *, model: Any, cache: 
     if (layer.metadata.get("run") or {}).get("model_sha256") != model.sha256:  # type: ignore[union-attr]
         return "The new thresholds apply at the next Run (another model made these nuclei)"
     changed = {"min_area_um2": options.min_area_um2, "max_area_um2": options.max_area_um2,
-               "mask_threshold": options.mask_threshold}
+               "mask_threshold": options.mask_threshold, "ihc": options.ihc}
     slide_jobs = tuple(replace(j, options=replace(j.options, **changed), priority=None) for j in jobs)
     return Job(slide_jobs=slide_jobs, model=model, cache=cache, tissue=tissue, cache_only=True, retune=True)
 

@@ -2,7 +2,8 @@
 
 A QLabel shows a pixmap painted from the same colours the outlines get (``_colours.ramp``), so the
 legend cannot disagree with the canvas; the text under it names the measurement, its low and high
-ends (the 2nd and 98th percentiles of the data), or says one colour is used.
+ends (the 2nd and 98th percentiles of the data), or says one colour is used. A categorical legend
+(the IHC class) has no bar: the text shows each class's swatch and name instead.
 """
 
 from __future__ import annotations
@@ -27,14 +28,20 @@ def legend_pixels(legend: Legend, size: tuple[int, int] = BAR_SIZE) -> np.ndarra
 
 def show_legend(bar: Any, text: Any, legend: Legend | None) -> None:
     """Paint ``legend`` into the magicgui Labels ``bar`` (its QLabel's pixmap) and ``text``; None hides both."""
+    from qtpy.QtCore import Qt
     from qtpy.QtGui import QImage, QPixmap
 
     if legend is None:
         bar.visible = text.visible = False
         return
+    text.native.setTextFormat(Qt.TextFormat.RichText if legend.classes else Qt.TextFormat.PlainText)
+    text.value = legend.text
+    text.visible = True
+    if legend.classes:  # categories have no scale: swatches and names in the text, no bar
+        bar.visible = False
+        return
     pixels = legend_pixels(legend)
     h, w = pixels.shape[:2]
     image = QImage(pixels.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()  # copy: own the pixels
     bar.native.setPixmap(QPixmap.fromImage(image))
-    bar.visible = text.visible = True
-    text.value = legend.text
+    bar.visible = True

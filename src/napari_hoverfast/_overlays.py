@@ -97,10 +97,15 @@ class RasterOverlay:
 # --- the nuclei overview ------------------------------------------------------------------------------
 
 
-def overview_colormap(single: tuple[float, ...] | None) -> Colormap:
-    """256 colours: 0 transparent (no nucleus), 1–255 the measurement's scale, or all the one colour."""
+def overview_colormap(single: tuple[float, ...] | np.ndarray | None) -> Colormap:
+    """256 colours: 0 transparent (no nucleus), 1–255 the measurement's scale, or all the one colour;
+    ``single`` as a (k, 4) array: categories, class i at 1 + i (the IHC classes)."""
     colors = np.zeros((256, 4))
-    colors[1:] = single if single is not None else ramp(255)
+    palette = np.asarray(single) if single is not None else None
+    if palette is not None and palette.ndim == 2:
+        colors[1:1 + len(palette)] = palette
+    else:
+        colors[1:] = palette if palette is not None else ramp(255)
     colors[1:, 3] = 1.0
     return Colormap(colors=colors, controls=np.linspace(0.0, 1.0, 257), interpolation="zero", name="hoverfast overview")
 

@@ -31,6 +31,7 @@ from ._form import (  # noqa: F401
     SCOPE_WHOLE,
     HoverFastForm,
 )
+from ._ihc import IhcPanel
 from ._jobs import WidgetCache, retune_job, run_job, run_options, view_centre
 from ._layers import (
     camera_of,
@@ -96,6 +97,7 @@ class HoverFastWidget(HoverFastForm):
         self.image.choices = self._image_choices
         self.shapes_layer.choices = self._shapes_choices
         self.results = ResultsPanel(self)
+        self.ihc_panel = IhcPanel(self)
 
         self.image.changed.connect(self._on_image)
         self.scope.changed.connect(self._on_scope)
@@ -175,6 +177,7 @@ class HoverFastWidget(HoverFastForm):
         if missing:
             self.pixel_hint.value = pixel_size_hint(image)
         self.results.refresh_choices(self.current_display(create=False))
+        self.ihc_panel.update()
 
     def load_model(self) -> Any:
         """Load the chosen model and describe it; ``None`` and the loader's message in the status line if it cannot."""
@@ -282,6 +285,7 @@ class HoverFastWidget(HoverFastForm):
         total = len(display.nuclei) if display is not None else 0
         text = ended_text(run, total)
         if display is not None:
+            self.ihc_panel.apply()  # the thresholds set now, whatever the run's were
             display.recolor(self.color_by.value, SINGLE_COLOURS[self.single_colour.value])
             if display.mode == OVERVIEW:
                 text += " · zoom in to see their outlines"
