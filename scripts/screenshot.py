@@ -2,6 +2,7 @@
 
     xvfb-run -a python scripts/screenshot.py [docs/images/widget.png] [--model CKPT]
     xvfb-run -a python scripts/screenshot.py --guide SLIDE [--folder docs/images] [--model CKPT]
+    xvfb-run -a python scripts/screenshot.py --ihc TILE.png     (docs/images/ihc_scoring.png)
 
 The README picture: the bundled H&E tile segmented whole ("Current view" after a reset), coloured by
 area, a closer look at its upper-left quarter. The guide (``docs/USER_GUIDE.md``): napari's
@@ -84,6 +85,33 @@ def render(viewer: Any, output: Path, model: Path | None = None, tile_size: int 
     camera.zoom = camera.zoom * 1.6
     widget.update_views()
     save_window(viewer, output)
+    return 0 if layer is None else int(layer.nshapes)
+
+
+def render_ihc(viewer: Any, output: Path, tile: Path, model: Path | None = None, mpp: float = 0.25) -> int:
+    """An IHC tile (PNG/TIFF) opened with HoverFast's reader, scored and coloured by IHC class; saved to ``output``."""
+    import tempfile
+
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from napari_hoverfast._colours import IHC_CLASS
+    from napari_hoverfast._widget import SCOPE_VIEW
+
+    tiff = Path(tempfile.mkdtemp(prefix="hoverfast-ihc-")) / f"{Path(tile).stem}.tif"
+    rgb = np.asarray(Image.open(tile).convert("RGB"))
+    tifffile.imwrite(tiff, rgb, photometric="rgb", resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+    [image] = viewer.open(str(tiff), plugin="napari-hoverfast")
+    widget = dock(viewer, model, 2048)
+    widget.stain.value = "ihc_dab"
+    widget.scope.value = SCOPE_VIEW
+    widget.skip_glass.value = False
+    viewer.reset_view()
+    widget.run()
+    widget.color_by.value = IHC_CLASS
+    save_window(viewer, output)
+    layer = widget.nuclei_layer(image)
     return 0 if layer is None else int(layer.nshapes)
 
 
@@ -199,6 +227,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: the embedded model)")
     parser.add_argument("--guide", type=Path, default=None, help="a slide: render the user guide's pictures of it")
     parser.add_argument("--folder", type=Path, default=ROOT / "docs" / "images", help="where the guide's pictures go")
+    parser.add_argument("--ihc", type=Path, default=None, help="an IHC tile (0.25 µm/px): render the IHC scoring picture of it")
     parser.add_argument("--max-outlines", type=int, default=None, help="lower the outline limit (a small slide's overview)")
     args = parser.parse_args()
     import logging
@@ -208,7 +237,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)
-    if args.guide is not None:
+    if args.ihc is not None:
+        output = args.output if args.output != DEFAULT_OUTPUT else ROOT / "docs" / "images" / "ihc_scoring.png"
+        logging.info("%s: %d nuclei", output, render_ihc(viewer, output, args.ihc, args.model))
+    elif args.guide is not None:
         for name, path in guide(viewer, args.folder, args.guide, args.model, max_outlines=args.max_outlines).items():
             logging.info("%s: %s (%s)", name, path, GUIDE[name])
     else:
