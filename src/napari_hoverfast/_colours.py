@@ -79,6 +79,12 @@ def class_index(classes: np.ndarray) -> np.ndarray:
     return np.fromiter((lookup.get(c, len(CLASSES)) for c in classes), dtype=np.int64, count=len(classes))
 
 
+def class_legend(feature: str, classes: np.ndarray) -> Legend:
+    """The swatches of the IHC classes (and of the unclassified, when there are any)."""
+    names = (*CLASSES, "Unclassified") if any(c is None for c in classes) else CLASSES
+    return Legend(feature, 0.0, 0.0, class_palette()[:len(names)], classes=names)
+
+
 def class_colours(classes: np.ndarray) -> np.ndarray:
     """RGBA of each nucleus's IHC class in QuPath's colours (unclassified: light grey)."""
     return class_palette()[class_index(classes)]

@@ -37,6 +37,7 @@ from ._colours import (
     Legend,
     class_colours,
     class_index,
+    class_legend,
     class_palette,
     colormap,
     data_limits,
@@ -47,7 +48,6 @@ from ._colours import (
 from ._edits import EditFollower, append_copy, empty_like
 from ._layers import Box4, shapes_data_from_polygons
 from ._overlays import factor_for, overview_colormap, overview_of, paint_points
-from .core.ihc import CLASSES, SCORE, IhcOptions
 from .core.nuclei import Nuclei
 
 #: Display modes (``metadata["display"]`` of the nuclei layer).
@@ -309,26 +309,10 @@ class NucleiDisplay:
                 self.sheet.layer.colormap = overview_colormap(self._overview_colours())  # type: ignore[union-attr]
             self.sheet.refresh()
 
-    def reclassify(self, ihc: IhcOptions) -> bool:
-        """New IHC thresholds: classes, the "IHC score" feature and colours follow (no network); True if changed."""
-        if self.nuclei.ihc is None or self.nuclei.ihc == ihc:
-            return False
-        self.nuclei.ihc = ihc  # classes and scores are derived from the DAB OD mean when asked for
-        features = self.layer.features
-        if SCORE in features and len(self.shown) == len(features):
-            with self.own_changes():
-                features[SCORE] = self.nuclei.select(self.rows(self.shown)).measurements()[SCORE]
-        if self.feature in (IHC_CLASS, SCORE):
-            self.recolor()
-        self.publish()
-        return True
-
     def legend(self) -> Legend:
         """The colour map, measurement and scale now drawn (the classes' colours, or the one colour)."""
         if self.by_class:
-            unclassified = any(c is None for c in self.nuclei.classifications())
-            names = (*CLASSES, "Unclassified") if unclassified else CLASSES
-            return Legend(self.feature, 0.0, 0.0, class_palette()[:len(names)], classes=names)
+            return class_legend(self.feature, self.nuclei.classifications())
         if self._values(self.nuclei) is None:
             return Legend(self.feature, 0.0, 0.0, np.asarray([self.single], dtype=np.float32))
         low, high = self.limits(self.feature)

@@ -16,14 +16,30 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._colours import IHC_CLASS
 from ._scope import UserError
-from .core.ihc import IhcOptions, IhcSummary, summarize, summarize_groups
+from .core.ihc import SCORE, IhcOptions, IhcSummary, summarize, summarize_groups
 from .core.nuclei import Nuclei
 from .core.tiling import Box
 
 if TYPE_CHECKING:
     from ._display import NucleiDisplay
     from ._widget import HoverFastWidget
+
+
+def reclassify(display: NucleiDisplay, ihc: IhcOptions) -> bool:
+    """New thresholds for an IHC display: classes, the "IHC score" feature and colours follow; True if changed."""
+    if display.nuclei.ihc is None or display.nuclei.ihc == ihc:
+        return False
+    display.nuclei.ihc = ihc  # classes and scores are derived from the DAB OD mean whenever asked for
+    features = display.layer.features
+    if SCORE in features and len(display.shown) == len(features):
+        with display.own_changes():
+            features[SCORE] = display.nuclei.select(display.rows(display.shown)).measurements()[SCORE]
+    if display.feature in (IHC_CLASS, SCORE):
+        display.recolor()
+    display.publish()  # the listeners (the summary) hear of it
+    return True
 
 
 def ihc_options(form: Any) -> IhcOptions:
@@ -109,7 +125,7 @@ class IhcPanel:
             self.widget.ihc_summary.value = f"Not applied: {exc}"
             return False
         for display in self.widget.displays:
-            display.reclassify(options)
+            reclassify(display, options)
         self.update()
         return True
 
