@@ -24,8 +24,9 @@ from napari_hoverfast.core.geojson import (
     read_geojson,
     write_detections,
 )
-from napari_hoverfast.core.geojson_vector import objects_of
+from napari_hoverfast.core.geojson_vector import objects_of, placed_columns
 from napari_hoverfast.core.geojson_write import uuid4_strings
+from napari_hoverfast.core.nuclei import Nuclei
 
 SQUARE = box(10, 20, 14, 24)
 TRIANGLE = Polygon([(100.123, 50.456), (120.987, 55.5), (110.001, 70.0049)])
@@ -509,12 +510,20 @@ def test_large_files_are_read_a_slice_at_a_time(tmp_path, monkeypatch, qupath_ch
     write_detections(path, polygons, {"index": np.arange(500)}, classifications=[("1+", (1, 2, 3))] * 500)
     assert_checker_ok(qupath_check, path)
     whole = read_geojson(path)
-    calls = []
     monkeypatch.setattr(geojson_read, "PARSE_CHUNK", 300)
-    monkeypatch.setattr(geojson_read, "objects_of", lambda *a: calls.append(a[2]) or objects_of(*a))
+    fast = []  # the columnar path (coordinates straight to numpy) takes every slice of our own file
+    monkeypatch.setattr(geojson_read, "placed_columns", lambda *a: fast.append(1) or placed_columns(*a))
     sliced = read_geojson(path)
-    assert len(calls) > 50 and calls == sorted(calls) and calls[0] == 0  # many slices, offsets in order
+    assert len(fast) > 50
     assert same_objects(sliced, whole) and [int(o.measurements["index"]) for o in sliced] == list(range(500))
+    calls = []  # the ordinary path, slice by slice, names features by their index in the file
+    monkeypatch.setattr(geojson_read, "_fast", lambda text: None)
+    monkeypatch.setattr(geojson_read, "objects_of", lambda *a: calls.append(a[2]) or objects_of(*a))
+    ordinary = read_geojson(path)
+    assert len(calls) > 50 and calls == sorted(calls) and calls[0] == 0  # many slices, offsets in order
+    assert same_objects(ordinary, whole)
+    nuclei = Nuclei.read_geojson(path, 0.5)
+    assert nuclei.extra_columns == ["index"] and nuclei.measurements()["index"].tolist() == list(range(500))
 
 
 def test_sliced_reading_names_the_feature_by_its_index_in_the_file(tmp_path, sliced):

@@ -57,6 +57,30 @@ class GeoObject:
     classification_color: tuple[int, int, int] | None = None
 
 
+@dataclass(frozen=True)
+class GeoColumns:
+    """Objects read from a GeoJSON file as columns (one list entry per object, the fields of
+    :class:`GeoObject`): what the fast reading path makes, so that :class:`~.nuclei.Nuclei` can be
+    filled without a million :class:`GeoObject` in between."""
+
+    geometry: list[Polygon | MultiPolygon]
+    object_type: list[str]
+    name: list[str | None]
+    classification: list[str | None]
+    color: list[tuple[int, int, int] | None]
+    measurements: list[dict[str, float]]
+    id: list[str | None]
+    classification_color: list[tuple[int, int, int] | None]
+
+    def __len__(self) -> int:
+        return len(self.geometry)
+
+    def objects(self) -> list[GeoObject]:
+        """The same objects as :class:`GeoObject` (no nucleus geometries: cells take the other path)."""
+        return list(map(GeoObject, self.geometry, self.object_type, self.name, self.classification, self.color,
+                        self.measurements, self.id, [None] * len(self.geometry), self.classification_color))
+
+
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel = 3
 _SHORT.maxlist = _SHORT.maxdict = 4

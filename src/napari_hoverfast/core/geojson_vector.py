@@ -19,8 +19,9 @@ import numpy as np
 import shapely
 
 from . import geojson_parse as parse
+from .geojson_coords import parse_polygons
 from .geojson_parse import FeatureProblem
-from .geojson_types import GeoJSONError, GeoObject, show
+from .geojson_types import GeoColumns, GeoJSONError, GeoObject, show
 
 _NOT_SEEN: Any = object()
 _BUILD_CHUNK = 32768  # polygons built together
@@ -44,7 +45,8 @@ class _Scan:
     """The features in the common shape as columns (one list per :class:`GeoObject` field), their
     rings for one vectorised build, and the indices of all other features (for the careful reader)."""
 
-    def __init__(self, features: list[Any]) -> None:
+    def __init__(self, features: list[Any], *, placeholders: bool = False) -> None:
+        self.placeholders = placeholders  # coordinates are the int placeholders of .geojson_coords
         self.index: list[int] = []
         self.kind: list[str] = []
         self.name: list[str | None] = []
@@ -61,16 +63,19 @@ class _Scan:
     def _run(self, features: list[Any]) -> None:  # noqa: C901 - one tight loop on purpose (1M iterations)
         classes: dict[tuple[Any, ...], tuple[int, int, int] | None] = {}
         known, legacy, classification, color = parse.KNOWN_TYPES, parse.LEGACY_TYPES, parse.classification, parse.color
+        placeholders = self.placeholders
         for index, data in enumerate(features):
             try:
                 geom = data["geometry"]
                 rings = geom["coordinates"]
                 if (type(data) is not dict or type(geom) is not dict or geom["type"] != "Polygon"
-                        or type(rings) is not list or not rings or data.get("type", "Feature") != "Feature"):
+                        or data.get("type", "Feature") != "Feature"):
                     raise _Uncommon
-                for ring in rings:
-                    if type(ring) is not list:
+                if placeholders:
+                    if type(rings) is not int:
                         raise _Uncommon
+                elif type(rings) is not list or not rings or any(type(ring) is not list for ring in rings):
+                    raise _Uncommon
                 nucleus = data.get("nucleusGeometry")
                 nucleus_rings = None if nucleus is None else _polygon_rings(nucleus)
                 props = data.get("properties")
@@ -281,3 +286,21 @@ def objects_of(features: list[Any], path: Path, offset: int, skipped: list[str])
         except FeatureProblem as exc:
             raise GeoJSONError(f"cannot read {path}: {_label(offset + index, features[index])}: {exc}") from None
     return [obj for obj in results if obj is not None]
+
+
+def placed_columns(features: list[Any], arrays: list[memoryview]) -> GeoColumns | None:
+    """The columns of ``features`` whose coordinates are placeholders for ``arrays`` (see
+    :mod:`.geojson_coords`), or ``None`` for anything but the plainest file: a feature the careful
+    reader would have to see, a cell, a placeholder out of place, odd coordinates or measurements.
+    The caller then reads the original text the ordinary way, which names any problem exactly."""
+    scan = _Scan(features, placeholders=True)
+    if scan.careful or scan.nucleus or len(scan.index) != len(features) or scan.rings != list(range(len(arrays))):
+        return None
+    polygons = parse_polygons(arrays)
+    if polygons is None:
+        return None
+    values = _float_measurements(scan.values)
+    if values is not scan.values and any(v is None for v in values):
+        return None
+    return GeoColumns(polygons.tolist(), scan.kind, scan.name, scan.class_name, scan.color,
+                      values, scan.fid, scan.class_color)  # type: ignore[arg-type]

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from os import PathLike
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import shapely
-from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry import Polygon
 
 from . import measurements as m
 from .geojson import GeoObject
 from .ihc import SCORE, IhcOptions, class_names
+from .nuclei_columns import FileColumns, computed_columns
+from .nuclei_columns import per_row as _per_row
 
 #: Human-readable column names, shared by GeoJSON measurements, CSV headers and napari features.
 #: Those QuPath has use QuPath's names (``measurements.py``); the others are this plugin's.
@@ -71,8 +73,6 @@ _TAIL_COLUMNS = (
     (CENTROID_Y, "centroid_y", False), (TILE, "tile", False),
 )
 _FIXED = {name: key for name, key, _ in (*_SHAPE_COLUMNS, *_TAIL_COLUMNS)}
-#: What ``measurements.shape_measurements`` returns, and the columns it fills.
-_SHAPE_KEYS = ("circularity", "solidity", "eccentricity", "max_caliper", "min_caliper", "major_axis", "minor_axis")
 _SHAPE_KEYS_UM = {"circularity", "solidity", "eccentricity", "max_caliper_um", "min_caliper_um", "major_axis_um", "minor_axis_um"}
 _MIN_CAPACITY = 1024
 
@@ -84,23 +84,6 @@ def _check_mpp(mpp: float | None) -> float | None:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"mpp must be a positive number of µm per pixel (or None), got {mpp!r}")
     return value
-
-
-def _per_row(value: Any, n: int, name: str, dtype: Any) -> np.ndarray:
-    """``value`` as an (n,) array: a scalar is broadcast, an array must have n entries."""
-    if dtype is object:
-        items = [value] * n if value is None or isinstance(value, str) else list(value)
-        if len(items) != n:
-            raise ValueError(f"{name} has {len(items)} entries; expected one or {n} for {n} polygons")
-        arr = np.empty(n, dtype=object)
-        arr[:] = items
-        return arr
-    arr = np.array(value, dtype=dtype)  # a copy: the container makes its arrays read-only
-    if arr.ndim == 0:
-        return np.full(n, arr, dtype=dtype)
-    if arr.shape != (n,):
-        raise ValueError(f"{name} has shape {arr.shape}; expected a scalar or ({n},) for {n} polygons")
-    return arr
 
 
 def _frozen(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -148,51 +131,6 @@ class Nuclei:
             raise ValueError(f"{name!r} is a computed column; it cannot be given as a measurement")
         if name not in self._extra:
             self._extra[name] = np.full(len(self._buf["ids"]), np.nan)
-
-    def _compute(self, polygons: Sequence[Polygon] | np.ndarray, probability: npt.ArrayLike, tile: npt.ArrayLike,
-                 ids: np.ndarray, classification: Any, *, shape: bool = True) -> dict[str, np.ndarray]:
-        """All computed columns for a batch of polygons (shapely-vectorised geometry and shape).
-
-        ``shape=False`` leaves the shape columns NaN: a file that carries them all (our own exports
-        do) is read back without recomputing calipers and moments, the slowest part of reading.
-        """
-        geoms = np.empty(len(polygons), dtype=object)
-        geoms[:] = list(polygons)
-        n = len(geoms)
-        if n:
-            ok = shapely.is_geometry(geoms)
-            ok[ok] = shapely.get_type_id(geoms[ok]) == shapely.GeometryType.POLYGON
-            if not ok.all():
-                i = int(np.flatnonzero(~ok)[0])
-                raise TypeError(f"polygon {i}: expected a shapely Polygon, got {type(geoms[i]).__name__}")
-            empty = shapely.is_empty(geoms) | ~(shapely.area(geoms) > 0)
-            if empty.any():
-                i = int(np.flatnonzero(empty)[0])
-                raise ValueError(f"polygon {i} is empty (no area): a nucleus needs an outline that encloses pixels")
-        area = shapely.area(geoms).astype(np.float64)
-        length = shapely.length(geoms).astype(np.float64)
-        centroids = shapely.centroid(geoms)
-        shape = m.shape_measurements(geoms) if shape else {k: np.full(n, np.nan) for k in _SHAPE_KEYS}
-        mpp = self.mpp if self.mpp is not None else math.nan
-        return {
-            "ids": ids,
-            "polygons": geoms,
-            "centroid_x": shapely.get_x(centroids).astype(np.float64),
-            "centroid_y": shapely.get_y(centroids).astype(np.float64),
-            "area_px": area,
-            "area_um2": area * mpp * mpp,
-            "perimeter_um": length * mpp,
-            "circularity": shape["circularity"],
-            "solidity": shape["solidity"],
-            "max_caliper_um": shape["max_caliper"] * mpp,
-            "min_caliper_um": shape["min_caliper"] * mpp,
-            "major_axis_um": shape["major_axis"] * mpp,
-            "minor_axis_um": shape["minor_axis"] * mpp,
-            "eccentricity": shape["eccentricity"],
-            "probability": _per_row(probability, n, "probability", np.float64),
-            "tile": _per_row(tile, n, "tile", np.int64),
-            "classification": _per_row(classification, n, "classification", object),
-        }
 
     def _extra_batch(self, measurements: Mapping[str, npt.ArrayLike] | None, n: int) -> dict[str, np.ndarray]:
         """A batch's extra columns: every known and new name, NaN where the batch has none."""
@@ -242,10 +180,13 @@ class Nuclei:
                 overrides: Mapping[str, np.ndarray] | None = None) -> Nuclei:
         n = len(polygons)
         ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-        given = {_FIXED[name] for name, values in (overrides or {}).items() if len(values) == n and np.isfinite(values).all()}
-        shape = not _SHAPE_KEYS_UM <= given
-        columns = self._compute(polygons, probability, tile, ids, classification, shape=shape)
-        for name, values in (overrides or {}).items():  # a file's own values win over recomputed ones
+        overrides = overrides or {}
+        given = {_FIXED[name] for name, values in overrides.items() if len(values) == n and np.isfinite(values).all()}
+        shape = not given >= _SHAPE_KEYS_UM
+        centroid = (overrides[CENTROID_X], overrides[CENTROID_Y]) if {"centroid_x", "centroid_y"} <= given else None
+        columns = computed_columns(polygons, probability, tile, ids, classification, self.mpp, shape=shape,
+                                   centroid=centroid)
+        for name, values in overrides.items():  # a file's own values win over recomputed ones
             key = _FIXED[name]
             columns[key] = np.where(np.isfinite(values), values, columns[key])
         extra = self._extra_batch(measurements, n)
@@ -287,28 +228,28 @@ class Nuclei:
         the geometry, which fills in where the file has none; "Probability" / "Tile" fill those
         columns (else NaN / -1); every other name becomes an extra column. Ids are fresh.
         """
-        polygons: list[Polygon] = []
-        values: list[dict[str, float]] = []
-        classes: list[str | None] = []
-        names: dict[str, None] = {}
-        for obj in objs:
-            geom = obj.nucleus if obj.nucleus is not None else obj.geometry
-            if isinstance(geom, MultiPolygon):
-                geom = max(geom.geoms, key=lambda p: p.area)
-            polygons.append(geom)
-            values.append(obj.measurements)
-            classes.append(obj.classification)
-            names.update(dict.fromkeys(obj.measurements))
-        columns = {
-            name: np.fromiter((v.get(name, math.nan) for v in values), dtype=np.float64, count=len(values)) for name in names
-        }
-        probability = columns.pop(PROBABILITY, np.full(len(polygons), math.nan))
-        tile = columns.pop(TILE, np.full(len(polygons), math.nan))
+        return cls._from_file(FileColumns.of(objs), mpp, ihc)
+
+    @classmethod
+    def read_geojson(cls, path: str | PathLike[str], mpp: float | None, *, ihc: IhcOptions | None = None) -> Nuclei:
+        """The nuclei of a QuPath/GeoJSON file, as :meth:`from_geo_objects` of its
+        :func:`~napari_hoverfast.core.geojson.read_geojson` objects, but read a piece at a time
+        straight into columns (a million nuclei in a few seconds, without a million objects at once)."""
+        from .geojson_read import read_parts
+
+        return cls._from_file(FileColumns.concat(read_parts(path, FileColumns.of)), mpp, ihc)
+
+    @classmethod
+    def _from_file(cls, found: FileColumns, mpp: float | None, ihc: IhcOptions | None) -> Nuclei:
+        columns = dict(found.measurements)
+        n = len(found.polygons)
+        probability = columns.pop(PROBABILITY, np.full(n, math.nan))
+        tile = columns.pop(TILE, np.full(n, math.nan))
         columns.pop(SCORE, None)  # derived again from the DAB OD mean when ``ihc`` is set
         overrides = {name: columns.pop(name) for name in list(columns) if name in _FIXED}
         out = cls(mpp, ihc=ihc)
         tiles = np.where(np.isfinite(tile), tile, -1).astype(np.int64)
-        out._append(polygons, probability, tiles, columns, classes, overrides)
+        out._append(found.polygons, probability, tiles, columns, found.classes, overrides)
         return out
 
     # ---- access -------------------------------------------------------------------------------
