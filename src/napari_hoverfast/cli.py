@@ -109,6 +109,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="he, or ihc_dab (DAB and haematoxylin nuclei found; Negative/1+/2+/3+ scored)")
     parser.add_argument("--ihc-thresholds", type=_finite, nargs=3, default=None, metavar=("T1", "T2", "T3"),
                         help="with --stain ihc_dab: DAB OD mean of 1+, 2+, 3+ (QuPath's 0.2 0.4 0.6)")
+    parser.add_argument("--stain-vectors", choices=("default", "estimated"), default="default",
+                        help="stain measurements' vectors: scikit-image's (default) or estimated from the slide (Macenko)")
     parser.add_argument("--mpp", type=_positive_float, default=None, help="µm per pixel when the file does not say")
     parser.add_argument("--min-area", type=_rule(_finite, limits.check_min_area), default=5.0, metavar="UM2", help="smallest nucleus, µm² (5)")
     parser.add_argument("--max-area", type=_rule(_finite, limits.check_max_area), default=None, metavar="UM2", help="largest nucleus, µm² (none)")

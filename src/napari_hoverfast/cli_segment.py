@@ -26,6 +26,7 @@ def run_options(args: argparse.Namespace, *, workers: int | None = None):  # typ
             min_area_um2=args.min_area, max_area_um2=args.max_area, simplify=args.simplify,
             mask_threshold=args.prob_threshold, marker_threshold=args.marker_threshold, workers=workers, ihc=ihc,
             precision=args.precision, compile=args.compile, tta=args.tta, min_solidity=args.min_solidity,
+            stain_vectors=args.stain_vectors,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None

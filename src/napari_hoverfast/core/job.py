@@ -73,6 +73,8 @@ class SlideJob:
         options = {k: v for k, v in asdict(self.options).items() if k not in ("workers", "read_ahead", "batch_size")}
         if self.options.stain != "ihc_dab":  # IHC thresholds classify IHC runs only: H&E signatures stay as they were
             options.pop("ihc", None)
+        if self.options.stain_vectors == "default":  # only then: earlier signatures stay valid
+            options.pop("stain_vectors", None)
         data = {
             "slide": str(Path(self.slide).resolve()), "mpp": self.mpp, "tissue_mask": self.tissue_mask,
             "regions": [astuple(r) for r in self.regions] if self.regions else None, "device": self.device,

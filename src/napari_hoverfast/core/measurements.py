@@ -11,7 +11,8 @@ the CSV, the GeoJSON measurements and the napari features read like a QuPath exp
   (``4√λ₁``, ``4√λ₂``, ``√(1 − λ₂/λ₁)``).
 - stain, from the tile's RGB under the nucleus's pixels (its label in the working resolution):
   optical density ``max(0, −log10(max(I, 1)/255))`` per channel, as QuPath, unmixed with
-  scikit-image's stain vectors (Ruifrok & Johnston H&E; H-DAB for ``ihc_dab``); mean, std dev
+  scikit-image's stain vectors (Ruifrok & Johnston H&E; H-DAB for ``ihc_dab``) or vectors
+  estimated from the slide (``stain_vectors.py``, Macenko's method); mean, std dev
   (population), min and max per nucleus. Unmixed values are not clipped (QuPath does not either).
 
 Everything is vectorised over a tile's nuclei: the shape columns with shapely's array functions and
@@ -73,26 +74,35 @@ def _check_stain(stain: str) -> None:
 # ---- stain ------------------------------------------------------------------------------------
 
 
-def _unmix_luts(stain: str) -> np.ndarray:
-    """(3 channels, 2 stains, 256) float32: the OD of value v in channel c's share of stain s."""
+def _unmix_luts(stain: str, unmix: np.ndarray | None = None) -> np.ndarray:
+    """(3 channels, 2 stains, 256) float32: the OD of value v in channel c's share of stain s.
+
+    ``unmix`` (3 channels × 2 stains) replaces scikit-image's matrix: vectors estimated from the
+    slide (``stain_vectors.py``).
+    """
     _check_stain(stain)
-    return (OD_LUT[None, None, :] * _UNMIX[stain][:, :, None]).astype(np.float32)
+    matrix = _UNMIX[stain] if unmix is None else np.asarray(unmix, dtype=np.float64)
+    if matrix.shape != (3, 2):
+        raise ValueError(f"an unmixing matrix is 3 channels × 2 stains, got shape {matrix.shape}")
+    return (OD_LUT[None, None, :] * matrix[:, :, None]).astype(np.float32)
 
 
-def stain_od(rgb: np.ndarray, stain: StainMode) -> np.ndarray:
+def stain_od(rgb: np.ndarray, stain: StainMode, unmix: np.ndarray | None = None) -> np.ndarray:
     """uint8 …×3 RGB → float32 …×2 stain optical densities (haematoxylin first), unclipped."""
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.shape[-1] != 3:
         raise ValueError(f"expected uint8 RGB with 3 channels last, got {rgb.dtype} {rgb.shape}")
-    luts = _unmix_luts(stain)
+    luts = _unmix_luts(stain, unmix)
     out = np.empty((*rgb.shape[:-1], 2), dtype=np.float32)
     for s in range(2):
         out[..., s] = luts[0, s][rgb[..., 0]] + luts[1, s][rgb[..., 1]] + luts[2, s][rgb[..., 2]]
     return out
 
 
-def stain_statistics(rgb: np.ndarray, labels: np.ndarray, ids: np.ndarray, stain: StainMode) -> dict[str, np.ndarray]:
-    """Per nucleus ``ids`` (labels of ``labels``), the OD mean/std dev/max/min of both stains.
+def stain_statistics(rgb: np.ndarray, labels: np.ndarray, ids: np.ndarray, stain: StainMode,
+                     unmix: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per nucleus ``ids`` (labels of ``labels``), the OD mean/std dev/max/min of both stains
+    (unmixed with ``unmix``, 3×2, when given; scikit-image's vectors otherwise).
 
     ``rgb`` (H×W×3 uint8) and ``labels`` (H×W) cover the same pixels. Only nucleus pixels are
     unmixed: they are gathered once in label order, then every statistic is one ``reduceat``.
@@ -123,7 +133,7 @@ def stain_statistics(rgb: np.ndarray, labels: np.ndarray, ids: np.ndarray, stain
     present = counts > 0
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
     n = counts[present].astype(np.float64)
-    luts = _unmix_luts(stain)
+    luts = _unmix_luts(stain, unmix)
     channels = [np.ascontiguousarray(pixels[:, c]) for c in range(3)]
     for s, name in enumerate(names):
         od = luts[0, s][channels[0]] + luts[1, s][channels[1]] + luts[2, s][channels[2]]

@@ -40,6 +40,7 @@ from .predict import Precision, PredictOptions, Predictor, Stain
 from .limits import check_batch_pixels, check_batch_size, check_workers
 from .measurements import stain_columns
 from .seams import SeamBook
+from .stain_vectors import StainVectorError, check_setting, vectors_for_run
 from .stages import Reader, TileNuclei, TileWork, neighbours, postprocess_tile, predict_batch
 from .tiling import Box, TileSpec, TilingOptions, keep_boxes, order_by_distance, plan_tiles, post_window
 from .tissue import TissueMask, tiles_on_tissue
@@ -79,6 +80,9 @@ class RunOptions:
     read_ahead: int = 2
     #: IHC positivity thresholds (``stain="ihc_dab"`` runs classify nuclei Negative/1+/2+/3+).
     ihc: IhcOptions = field(default_factory=IhcOptions)
+    #: The stain measurements' vectors: ``"default"`` (scikit-image's), ``"estimated"`` (from the
+    #: slide, once per run: ``stain_vectors.py``) or two RGB OD vectors, haematoxylin first.
+    stain_vectors: str | tuple[tuple[float, float, float], tuple[float, float, float]] = "default"
 
     def __post_init__(self) -> None:
         try:  # the ranges live in limits.py, shared with the command line
@@ -87,6 +91,7 @@ class RunOptions:
             if self.workers is not None:
                 check_workers(self.workers)
             self.postprocess(0.25)
+            object.__setattr__(self, "stain_vectors", check_setting(self.stain_vectors, self.stain))
         except ValueError as exc:
             raise RunError(str(exc)) from None
         PredictOptions(stain=self.stain, precision=self.precision)
@@ -286,6 +291,11 @@ def segment_slide(
     geometry = slide_geometry(slide)
     tiles = plan_run(slide, regions, geometry, options, tissue=tissue, priority=priority, multiple=model.config.multiple)
     post = options.postprocess(geometry.work_mpp)
+    try:  # post-processing only: the network's input, and so the cache, stay as they are
+        vectors = vectors_for_run(options.stain_vectors, slide, regions, options.stain, tissue) if tiles else None
+    except StainVectorError as exc:
+        raise RunError(f"{slide.name}: {exc}; measure with the default (scikit-image's) stain vectors instead") from None
+    unmix = None if vectors is None else tuple(tuple(float(v) for v in row) for row in vectors.unmix)
     predictor = Predictor(model, PredictOptions(stain=options.stain, precision=options.precision, compile=options.compile, tta=options.tta))
     batch_size = options.batch_size or _default_batch_size(model, tiles[0].input.w if tiles else options.tiling.tile)
     workers = _default_workers(len(tiles), model.device.type) if options.workers is None else options.workers
@@ -299,6 +309,7 @@ def segment_slide(
             **{k: v for k, v in asdict(options).items() if k not in ("workers", "read_ahead")},
             "model_sha256": model.sha256, "device": model.device.type, "precision_used": predictor.precision,
             "batch_size": batch_size,
+            **({"stain_vectors_used": vectors.record()} if vectors is not None else {}),
         },
     )
     region_boxes = [r.scaled(geometry.scale) for r in regions] if regions else []
@@ -310,7 +321,7 @@ def segment_slide(
         earlier = tuple(b for b in region_boxes[: spec.region] if b.intersects(spec.owned))
         window = post_window(spec, options.tiling, work_bounds)
         works[spec.index] = TileWork(spec=spec, window=window, scale=geometry.scale, post=post, exclude=earlier, bounds=bounds,
-                                     keep=keep[spec.index], stain=options.stain)
+                                     keep=keep[spec.index], stain=options.stain, unmix=unmix)
     keys: dict[int, str] = {}  # tile -> cache key: everything its maps depend on
     if cache is not None:
         parts = {

@@ -43,6 +43,9 @@ class TileWork:
     keep: Box | None = None
     #: Which stains the measurements unmix (``measurements.py``).
     stain: Stain = "he"
+    #: The unmixing matrix (3 channels × 2 stains, as rows of tuples) of vectors estimated from the
+    #: slide or given (``stain_vectors.py``); ``None``: scikit-image's.
+    unmix: tuple[tuple[float, float], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,8 @@ def postprocess_tile(maps: TileMaps, work: TileWork) -> TileNuclei:
     if not keep.any():
         return TileNuclei.empty()
     means = np.asarray(ndimage.mean(prob, labels, ids[keep]), dtype=np.float32)
-    measured = stain_statistics(maps.rgb, labels, ids[keep], work.stain) if maps.rgb is not None else {}
+    unmix = None if work.unmix is None else np.asarray(work.unmix, dtype=np.float64)
+    measured = stain_statistics(maps.rgb, labels, ids[keep], work.stain, unmix) if maps.rgb is not None else {}
     polygons = np.array([p for (_, p), k in zip(pairs, keep, strict=True) if k], dtype=object)
     offset = np.array([w.x, w.y], dtype=np.float64)
     polygons = shapely.transform(polygons, lambda xy: (xy + offset) / work.scale)
