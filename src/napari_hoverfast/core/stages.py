@@ -45,7 +45,7 @@ class TileWork:
     stain: Stain = "he"
     #: The unmixing matrix (3 channels × 2 stains, as rows of tuples) of vectors estimated from the
     #: slide or given (``stain_vectors.py``); ``None``: scikit-image's.
-    unmix: tuple[tuple[float, float], ...] | None = None
+    unmix: tuple[tuple[float, ...], ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ from .measurements import OD_LUT, STAINS, StainMode
 log = logging.getLogger(__name__)
 
 Vector = tuple[float, float, float]
+#: A vector as given: a tuple, a list or an array of 3 numbers.
+VectorLike = Sequence[float] | npt.NDArray[np.float64]
 
 #: scikit-image's reference vectors (unit, RGB OD), haematoxylin first, per stain mode.
 REFERENCE: dict[str, tuple[Vector, Vector]] = {
@@ -120,7 +122,7 @@ class StainVectors:
         }
 
 
-def _unit(v: Sequence[float]) -> npt.NDArray[np.float64]:
+def _unit(v: VectorLike) -> npt.NDArray[np.float64]:
     a = np.asarray(v, dtype=np.float64)
     n = float(np.linalg.norm(a))
     if not math.isfinite(n) or n == 0:
@@ -128,12 +130,12 @@ def _unit(v: Sequence[float]) -> npt.NDArray[np.float64]:
     return a / n
 
 
-def _angle(a: Sequence[float], b: Sequence[float]) -> float:
+def _angle(a: VectorLike, b: VectorLike) -> float:
     cos = float(np.clip(np.dot(_unit(a), _unit(b)), -1.0, 1.0))
     return math.degrees(math.acos(cos))
 
 
-def stain_vectors(first: Sequence[float], second: Sequence[float], stain: StainMode, *, method: str = "given",
+def stain_vectors(first: VectorLike, second: VectorLike, stain: StainMode, *, method: str = "given",
                   pixels: int = 0, options: EstimateOptions | None = None) -> StainVectors:
     """Checked stain vectors (any length; normalised here) and their unmixing matrix.
 
