@@ -31,7 +31,15 @@ def run_cohort_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .cli_segment import run_options
-    from .core.cohort import CohortError, SlideOutcome, local_cluster, plan_jobs, read_inputs, run_cohort, write_table
+    from .core.cohort import (
+        CohortError,
+        SlideOutcome,
+        local_cluster,
+        plan_jobs,
+        read_inputs,
+        run_cohort,
+        write_table,
+    )
     from .core.job import SlideJob
 
     try:

@@ -23,7 +23,6 @@ from scipy import ndimage
 from .cache import TileMaps
 from .focus import Focus, nearest_first
 from .measurements import stain_statistics
-from .nuclei import Nuclei
 from .postprocess import PostprocessOptions, instance_labels, labels_to_polygons
 from .predict import Predictor, Stain, prepare
 from .tiling import Box, TileSpec
