@@ -117,7 +117,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-solidity", type=_rule(_finite, _within(0, 1)), default=0.8,
                         help="objects over 100 µm² need this solidity (0.8; 0 keeps ragged ones: keratin, clumps)")
     parser.add_argument("--prob-threshold", type=_rule(_finite, _above(0)), default=0.5, help="nucleus probability threshold (0.5)")
-    parser.add_argument("--marker-threshold", type=_rule(_finite, _above(0)), default=0.4, help="watershed marker threshold on the edge energy (0.4)")
+    parser.add_argument("--marker-threshold", type=_rule(_finite, _above(0)), default=None,
+                        help="watershed marker threshold on the edge energy (default: the model's; 0.4, upstream's, for HoverFast's weights)")
     parser.add_argument("--simplify", type=_non_negative_float, default=6.0,
                         help="outline simplification, upstream's units (6; 0 keeps pixel outlines)")
     parser.add_argument("--cache", type=Path, default=None, metavar="DIR",

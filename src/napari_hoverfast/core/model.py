@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import pickle
 import uuid
 import zipfile
@@ -210,6 +211,24 @@ class HoverFastNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+#: HoverFast's marker threshold (its ``infer`` default), used for checkpoints that do not record one.
+UPSTREAM_MARKER_THRESHOLD = 0.4
+
+
+def recorded_marker_threshold(extras: dict[str, Any], name: str) -> float:
+    """The checkpoint's ``marker_threshold`` entry, checked; upstream's when there is none."""
+    value = extras.get("marker_threshold")
+    if value is None:
+        return UPSTREAM_MARKER_THRESHOLD
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not 0.0 < number < 1.0:
+        raise CheckpointError(f"{name}: its marker_threshold entry must be a number between 0 and 1, not {value!r}")
+    return number
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A network ready for inference plus what the user should see about it."""
@@ -221,6 +240,10 @@ class LoadedModel:
     sha256: str
     #: Parameters of the network as trained (before batch norm was folded for inference).
     parameters: int = 0
+    #: The watershed marker threshold for this network's maps: what its checkpoint records (chosen on
+    #: validation images when it was trained, ``scripts/embed_model.py``), else upstream's 0.4, so
+    #: HoverFast's own weights give HoverFast's nuclei. ``RunOptions.marker_threshold`` overrides it.
+    marker_threshold: float = UPSTREAM_MARKER_THRESHOLD
 
     @property
     def parameter_count(self) -> int:
@@ -394,10 +417,12 @@ def load_checkpoint(
     Configuration comes from the file itself, so every legal depth, width, up-mode, batch-norm and block
     type loads. A pickle that would execute code is refused; safetensors files cannot hold code.
     """
-    state, cfg, _, digest = read_checkpoint(path, config=config)
+    state, cfg, extras, digest = read_checkpoint(path, config=config)
+    marker = recorded_marker_threshold(extras, Path(path).name)
     loaded = build_model(state, cfg, device=device, name=Path(path).name)
     log.info("Loaded %s: %s", Path(path).name, loaded.describe())
-    return LoadedModel(net=loaded.net, config=cfg, device=loaded.device, source=str(path), sha256=digest, parameters=loaded.parameters)
+    return LoadedModel(net=loaded.net, config=cfg, device=loaded.device, source=str(path), sha256=digest,
+                       parameters=loaded.parameters, marker_threshold=marker)
 
 
 def save_checkpoint(

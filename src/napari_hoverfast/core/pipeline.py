@@ -165,6 +165,8 @@ def segment_slide(
         raise RunError("cache_only needs a tile cache")
     options = options or RunOptions()
     options = replace(options, tiling=options.tiling.resolved(model.config.padding_reach))
+    if options.marker_threshold is None:  # the model's own, recorded in run.json as used
+        options = replace(options, marker_threshold=model.marker_threshold)
     geometry = slide_geometry(slide)
     tiles = plan_run(slide, regions, geometry, options, tissue=tissue, priority=priority, multiple=model.config.multiple)
     post = options.postprocess(geometry.work_mpp)

@@ -13,6 +13,7 @@ from typing import Any
 
 from .ihc import IhcOptions
 from .limits import check_batch_pixels, check_batch_size, check_workers
+from .model import UPSTREAM_MARKER_THRESHOLD
 from .nuclei import Nuclei
 from .postprocess import PostprocessOptions
 from .predict import Precision, PredictOptions, Stain
@@ -45,7 +46,8 @@ class RunOptions:
     min_area_um2: float = 5.0
     max_area_um2: float | None = None
     simplify: float = 6.0
-    marker_threshold: float = 0.4
+    #: Watershed marker threshold; ``None``: the model's own (``LoadedModel.marker_threshold``).
+    marker_threshold: float | None = None
     mask_threshold: float = 0.5
     min_solidity: float = 0.8
     workers: int | None = None
@@ -72,7 +74,7 @@ class RunOptions:
         """The post-processing options at the working resolution (changing them re-uses cached maps)."""
         return PostprocessOptions(
             mpp=work_mpp, min_area_um2=self.min_area_um2, max_area_um2=self.max_area_um2, simplify=self.simplify,
-            marker_threshold=self.marker_threshold, mask_threshold=self.mask_threshold, min_solidity=self.min_solidity,
+            marker_threshold=UPSTREAM_MARKER_THRESHOLD if self.marker_threshold is None else self.marker_threshold, mask_threshold=self.mask_threshold, min_solidity=self.min_solidity,
         )
 
 
