@@ -110,6 +110,11 @@ def main() -> None:
         gaps = {k: np.mean([s.pq for s in summary[(k, b)]]) - np.mean([s.pq for s in summary[(k, a)]]) for k in sets}
         print(f"\nPQ {b} − {a}: " + ", ".join(f"{k} {v:+.4f}" for k, v in gaps.items())
               + f"; largest |gap| {max(abs(v) for v in gaps.values()):.4f}")
+        for res in ("40×", "20×"):
+            pooled = {v: [s.pq for (k, w), scores in summary.items() if w == v and k.endswith(res) for s in scores] for v in (a, b)}
+            if pooled[a]:
+                print(f"all {len(pooled[a])} held-out images at {res}: mean PQ {a} {np.mean(pooled[a]):.4f}, {b} {np.mean(pooled[b]):.4f}, "
+                      f"{b} − {a} {np.mean(pooled[b]) - np.mean(pooled[a]):+.4f}")
     tile = io.imread(args.shared / "data" / "tcga_tile.png")[..., :3]
     pred, count = predict_labels(model, tile, 0.25, options)
     ious = [best_match_iou(obj.geometry, pred) for obj in read_geojson(args.shared / "data" / "tcga_tile.geojson")]

@@ -32,6 +32,7 @@ from skimage import io
 
 from napari_hoverfast.core.default_model import default_model_path, load_model
 from napari_hoverfast.core.metrics import match_instances, rasterize
+from napari_hoverfast.core.model import UPSTREAM_MARKER_THRESHOLD
 from napari_hoverfast.core.pipeline import RunOptions, run_to_end, segment_slide
 from napari_hoverfast.core.slide import Slide
 from napari_hoverfast.core.tiling import Box
@@ -71,7 +72,8 @@ def run_upstream(executable: str, image: Path, model: Path, outdir: Path) -> tup
 
 def run_ours(image: Path, model_path: Path) -> tuple[list[shapely.Polygon], float]:
     model = load_model(model_path, device="cpu")
-    options = RunOptions(workers=0, precision="fp32", min_area_um2=MIN_AREA_UM2)
+    # upstream's marker threshold, whatever the model records: this compares the post-processing
+    options = RunOptions(workers=0, precision="fp32", min_area_um2=MIN_AREA_UM2, marker_threshold=UPSTREAM_MARKER_THRESHOLD)
     start = time.perf_counter()
     with Slide(image, mpp=MPP) as slide:
         result = run_to_end(segment_slide(slide, model, [Box(0, 0, *slide.dimensions)], options))

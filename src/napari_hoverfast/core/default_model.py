@@ -15,7 +15,7 @@ from .model import CheckpointError, LoadedModel, load_checkpoint
 
 FILENAME = "hoverfast_default.pth"
 #: SHA-256 of the shipped file; loading refuses a file that differs (damaged or replaced install).
-SHA256 = "51dc17d147c659e83f176ba42ea23cd019c81c1533d0356bc1b674b2c6e21f97"
+SHA256 = "21199b1328d0df96b42f45eac4285b243578fdc34b1111831a8911242857c289"
 
 
 def default_model_path() -> Path:

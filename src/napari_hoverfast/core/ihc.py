@@ -161,7 +161,7 @@ def summarize_groups(nuclei: Nuclei, groups: Sequence[int] | np.ndarray, options
 # ---- network input --------------------------------------------------------------------------
 
 #: haematoxylin-like input: gain on haematoxylin OD above a background level, DAB's gain, and a cap.
-_H_GAIN, _H_BACKGROUND, _DAB_GAIN, _OD_CAP = 3.0, 0.05, 1.0, 1.2
+_H_GAIN, _H_BACKGROUND, _DAB_GAIN, _OD_CAP = 2.0, 0.05, 0.75, 0.8  # chosen for model v2 (docs/MEASUREMENTS.md)
 _H_VECTOR = np.asarray(rgb_from_hed[0], dtype=np.float32)  # scikit-image's haematoxylin colour (OD per channel)
 
 
