@@ -22,7 +22,7 @@ def run_options(args: argparse.Namespace, *, workers: int | None = None):  # typ
             raise ValueError("--ihc-thresholds score IHC runs: give --stain ihc_dab too")
         ihc = IhcOptions(tuple(args.ihc_thresholds)) if args.ihc_thresholds is not None else IhcOptions()
         return RunOptions(
-            tiling=TilingOptions(tile=args.tile_size), batch_size=args.batch_size, stain=args.stain,
+            tiling=TilingOptions(tile=args.tile_size), memory_gb=args.memory_gb, batch_size=args.batch_size, stain=args.stain,
             min_area_um2=args.min_area, max_area_um2=args.max_area, simplify=args.simplify,
             mask_threshold=args.prob_threshold, marker_threshold=args.marker_threshold, workers=workers, ihc=ihc,
             precision=args.precision, compile=args.compile, tta=args.tta, min_solidity=args.min_solidity,

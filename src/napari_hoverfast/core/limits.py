@@ -87,6 +87,18 @@ def check_batch_pixels(batch: int, side: int) -> None:
         raise ValueError(f"batch size {batch} of {side} px tiles is too large for one pass (at most {most} at this size)")
 
 
+#: GB a CPU forward pass may use (``RunOptions.memory_gb``): below 0.5 no useful tile fits.
+MEMORY_GB_RANGE = (0.5, 4096.0)
+
+
+def check_memory_gb(value: Any) -> float:
+    gb = _finite("memory budget", value)
+    lo, hi = MEMORY_GB_RANGE
+    if not lo <= gb <= hi:
+        raise ValueError(f"memory budget must be from {lo:g} to {hi:g} GB, got {value!r}")
+    return gb
+
+
 def check_min_area(value: Any) -> float:
     area = _finite("minimum area", value)
     if not 0 <= area <= MAX_MIN_AREA:

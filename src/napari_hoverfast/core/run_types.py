@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .ihc import IhcOptions
-from .limits import check_batch_pixels, check_batch_size, check_workers
+from .limits import check_batch_pixels, check_batch_size, check_memory_gb, check_workers
 from .model import UPSTREAM_MARKER_THRESHOLD
 from .nuclei import Nuclei
 from .postprocess import PostprocessOptions
@@ -52,6 +52,10 @@ class RunOptions:
     min_solidity: float = 0.8
     workers: int | None = None
     read_ahead: int = 2
+    #: GB one CPU forward pass may use: tiles shrink to fit it at the precision in use (float32 needs
+    #: 2.3× the memory of bfloat16 per pixel), so whole-slide runs stay under 4 GB; ``None``: tiles as
+    #: given. GPUs size their batch from free device memory instead.
+    memory_gb: float | None = 3.0
     #: IHC positivity thresholds (``stain="ihc_dab"`` runs classify nuclei Negative/1+/2+/3+).
     ihc: IhcOptions = field(default_factory=IhcOptions)
     #: The stain measurements' vectors: ``"default"`` (scikit-image's), ``"estimated"`` (from the
@@ -64,6 +68,8 @@ class RunOptions:
                 check_batch_pixels(check_batch_size(self.batch_size), self.tiling.tile)
             if self.workers is not None:
                 check_workers(self.workers)
+            if self.memory_gb is not None:
+                check_memory_gb(self.memory_gb)
             self.postprocess(0.25)
             object.__setattr__(self, "stain_vectors", check_setting(self.stain_vectors, self.stain))
         except ValueError as exc:

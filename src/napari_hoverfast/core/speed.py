@@ -9,6 +9,8 @@
   page again: millions of page faults per tile, a third of the CPU time in the kernel. Keeping freed
   memory in the heap removes that; the cost is that the peak stays reserved.
 - ``cpu_plan``: the network's threads and the post-processing workers share the cores.
+- ``tile_for_memory``: on a CPU one forward pass holds all of a tile's activations at once, so the
+  tile's side is what bounds a run's memory; it shrinks to fit the budget at the precision in use.
 """
 
 from __future__ import annotations
@@ -130,3 +132,31 @@ def cuda_batch_size(device: torch.device, tile_pixels: int, *, most: int = 32) -
     """Tiles per forward pass that fit in the GPU's free memory (60 % of it), at least 1."""
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, min(most, int(0.6 * free // (tile_pixels * CUDA_BYTES_PER_PIXEL))))
+
+
+#: Peak process memory per input pixel of one CPU forward pass (bytes), with the heap tuning above on,
+#: process and model included. Measured on a 2-core CPU (``benchmarks/bench_memory.py``): float32
+#: 1.34 GB at 1024², 2.87 GB at 1408², 3.45 GB at 1696²; bfloat16 2.8 GB at 2208². Kept freed blocks
+#: fragment the heap, hence more than the activations themselves (fp32 ~780 B/px untuned).
+CPU_FORWARD_BYTES_PER_PIXEL = {"fp32": 1400, "bf16": 600, "fp16": 600}
+#: Cells shrink in steps of this (px), and never below ``SMALLEST_FITTED_TILE``.
+TILE_STEP = 64
+SMALLEST_FITTED_TILE = 512
+
+
+def tile_for_memory(tile: int, overlap: int, precision: str, memory_gb: float | None, batch_size: int = 1) -> int:
+    """The largest cell ≤ ``tile`` px whose forward pass (input = cell + ``overlap``) fits ``memory_gb``.
+
+    ``None`` keeps ``tile``. A budget too small even for ``SMALLEST_FITTED_TILE`` is refused with the
+    least that would do, rather than silently run over it.
+    """
+    if memory_gb is None:
+        return tile
+    per_pixel = CPU_FORWARD_BYTES_PER_PIXEL[precision] * max(1, batch_size)
+    side = int((memory_gb * 1e9 / per_pixel) ** 0.5)
+    fitted = (side - overlap) // TILE_STEP * TILE_STEP
+    if fitted < min(tile, SMALLEST_FITTED_TILE):
+        least = per_pixel * (min(tile, SMALLEST_FITTED_TILE) + overlap) ** 2 / 1e9
+        raise ValueError(f"a memory budget of {memory_gb:g} GB is too small for a {precision} forward pass "
+                         f"of a {min(tile, SMALLEST_FITTED_TILE)} px tile: give at least {least:.1f} GB")
+    return min(tile, fitted)
