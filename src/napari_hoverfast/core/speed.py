@@ -135,9 +135,9 @@ def cuda_batch_size(device: torch.device, tile_pixels: int, *, most: int = 32) -
 
 
 #: Peak process memory per input pixel of one CPU forward pass (bytes), with the heap tuning above on,
-#: process and model included. Measured on a 2-core CPU (``benchmarks/bench_memory.py``): float32
-#: 1.34 GB at 1024², 2.87 GB at 1408², 3.45 GB at 1696²; bfloat16 2.8 GB at 2208². Kept freed blocks
-#: fragment the heap, hence more than the activations themselves (fp32 ~780 B/px untuned).
+#: process and model included. Measured on 2-core CPUs (``benchmarks/bench_memory.py``): float32
+#: 1.44 GB at 1024², 3.08 GB at 1408², 3.70 GB at 1696² (the kept blocks fragment: 1,300–1,550 B/px,
+#: ~800 untuned); bfloat16 2.8 GB at 2208². Whole slides with float32 1440² inputs peaked at 3.4 GB.
 CPU_FORWARD_BYTES_PER_PIXEL = {"fp32": 1400, "bf16": 600, "fp16": 600}
 #: Cells shrink in steps of this (px), and never below ``SMALLEST_FITTED_TILE``.
 TILE_STEP = 64
