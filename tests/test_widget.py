@@ -113,12 +113,14 @@ def test_synchronous_run_on_rectangles_fills_one_aligned_layer(make_napari_viewe
     assert set(Nuclei(MPP).measurements()) <= set(layer.features.columns)
     assert len(layer.features) == layer.nshapes
     # level-0 boxes of the rectangles: µm / mpp, pixel edges at ±0.5 of napari's centres
+    # A region owns a nucleus by its label's pixel centroid; the measured centroid is the outline's,
+    # which differs by a fraction of a pixel on large ragged objects (measured: 0.06 px past an edge).
     boxes = [(40, 40, 401, 401), (600, 600, 921, 801)]  # x0, y0, x1, y1
     x, y = centroids(layer)
     inside = np.zeros(len(x), bool)
     for x0, y0, x1, y1 in boxes:
-        inside |= (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
-    assert inside.all()
+        inside |= (x >= x0 - 0.5) & (x < x1 + 0.5) & (y >= y0 - 0.5) & (y < y1 + 0.5)
+    assert inside.all(), (x[~inside], y[~inside])
     # polygons shown where the measurements say they are: world = level-0 px × mpp (pixel-centre shift)
     world = np.array([layer.data_to_world(v.mean(axis=0)) for v in layer.data])
     polygon_centres = np.array([shapely.centroid(shapely.Polygon(v[:, ::-1] + 0.5)).coords[0] for v in layer.data])
@@ -128,6 +130,7 @@ def test_synchronous_run_on_rectangles_fills_one_aligned_layer(make_napari_viewe
     assert meta["cancelled"] is False and meta["error"] is None
     assert meta["tiles_total"] == len(meta["tiles_done"]) > 0
     assert meta["run"]["model_sha256"] and meta["run"]["tiling"]["tile"] == 256
+    assert meta["run"]["memory_gb"] == widget.memory_gb.value == 3.0  # the dock's network memory reaches the run
     assert "Done:" in widget.status.value
     # coloured by a feature: edge colours follow the area
     assert widget.color_by.value == AREA_UM2

@@ -166,18 +166,21 @@ class HoverFastForm(Container):
                                "Write the nuclei layer as QuPath GeoJSON, its measurements as CSV, and the run's "
                                "parameters (.run.json) beside them.")
         self.show_advanced = t(CheckBox(text="Advanced settings", value=False),
-                               "Device, batch size, tile size and the tile cache.")
+                               "Device, batch size, tile size, network memory and the tile cache.")
         self.device = t(ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto"),
                         "Where the network runs: auto picks a GPU when there is one.")
         self.batch_size = t(SpinBox(label="Batch size (0: auto)", value=0, min=0, max=256),
                             "Tiles per forward pass (0: chosen for the device). Larger needs more GPU memory.")
         self.tile_size = t(SpinBox(label="Tile size (px)", value=2048, min=128, max=4096, step=64),
-                           "Network input size in working pixels. Changing it invalidates the cached tiles.")
+                           "Largest square a tile keeps nuclei from, in working pixels. Changing it invalidates the cached tiles.")
+        self.memory_gb = t(FloatSpinBox(label="Network memory (GB)", value=3.0, min=0.5, max=256.0, step=0.5),
+                           "On a CPU, tiles shrink so that one forward pass fits this: float32 (CPUs without bf16) "
+                           "needs 2.3x the memory of bf16. Changing it may change the tiles, and so the cache.")
         self.use_cache = t(CheckBox(text="Keep the network's output (resume, re-threshold)", value=True),
                            "Keep each tile's network output on disk (5 GB at most), so Run continues after Cancel and "
                            "threshold changes update in seconds.")
         self.clear_cache_button = t(PushButton(text="Clear cache"), "Delete every cached tile.")
-        self.advanced = Container(widgets=[self.device, self.batch_size, self.tile_size, self.use_cache,
+        self.advanced = Container(widgets=[self.device, self.batch_size, self.tile_size, self.memory_gb, self.use_cache,
                                            self.clear_cache_button], visible=False)
         self.extend([
             self.image, self.pixel_size, self.pixel_hint, self.model_choice, self.model_path, self.model_info,

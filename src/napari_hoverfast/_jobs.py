@@ -46,7 +46,8 @@ def run_options(form: Any, workers: int | None) -> RunOptions:
     ihc = ihc_options(form)  # a UserError when the thresholds do not increase
     try:
         return RunOptions(
-            tiling=TilingOptions(tile=int(form.tile_size.value)), batch_size=int(form.batch_size.value) or None,
+            tiling=TilingOptions(tile=int(form.tile_size.value)), memory_gb=float(form.memory_gb.value),
+            batch_size=int(form.batch_size.value) or None,
             stain=form.stain.value, min_area_um2=float(form.min_area.value),
             max_area_um2=float(form.max_area.value) or None, mask_threshold=float(form.threshold.value),
             workers=workers, ihc=ihc,

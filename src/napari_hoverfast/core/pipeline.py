@@ -259,22 +259,28 @@ def segment_slide(
         timings["postprocess"] += time.perf_counter() - t1
         return out
 
+    def pool_broke() -> None:
+        if not broken:
+            broken.append(True)
+            log.warning(
+                "Post-processing worker processes could not run (a script calling napari-hoverfast needs "
+                "`if __name__ == \"__main__\":`); post-processing in this process instead"
+            )
+
     def submit(spec: TileSpec, maps: TileMaps) -> None:
         if pool is not None and not broken:
-            pending.append((spec, pool.submit(postprocess_tile, maps, works[spec.index]), maps))
-        else:
-            pending.append((spec, in_process(spec, maps), maps))
+            try:
+                pending.append((spec, pool.submit(postprocess_tile, maps, works[spec.index]), maps))
+                return
+            except BrokenProcessPool:  # the pool broke before this tile (its workers died starting)
+                pool_broke()
+        pending.append((spec, in_process(spec, maps), maps))
 
     def finish(spec: TileSpec, outcome: Any, maps: TileMaps) -> Generator[Progress | NucleusBatch, None, None]:
         try:
             found = outcome.result() if isinstance(outcome, Future) else outcome
         except BrokenProcessPool:
-            if not broken:
-                broken.append(True)
-                log.warning(
-                    "Post-processing worker processes could not run (a script calling napari-hoverfast needs "
-                    "`if __name__ == \"__main__\":`); post-processing in this process instead"
-                )
+            pool_broke()
             found = in_process(spec, maps)
         result.tiles_done.append(spec.index)
         for batch in book.add(spec.index, found, _in_band(found.polygons, spec, geometry.scale)):
