@@ -37,10 +37,10 @@ def tile(shared_dir: Path) -> Path:
     return shared_dir / "data" / "tcga_tile.png"
 
 
-def _run(tile: Path, model, options=SMALL, cache=None, *, mpp=0.25, cancel_after=None):
+def _run(tile: Path, model, options=SMALL, cache=None, *, mpp=0.25, cancel_after=None, cache_only=False):
     cancel = threading.Event()
     with Slide(tile, mpp=mpp) as slide:
-        run = segment_slide(slide, model, [REGION], options, cache=cache, cancel=cancel)
+        run = segment_slide(slide, model, [REGION], options, cache=cache, cancel=cancel, cache_only=cache_only)
         while True:
             try:
                 event = next(run)
@@ -74,15 +74,17 @@ def test_a_second_run_takes_every_tile_from_the_cache(tile, model, tmp_path) -> 
 @pytest.mark.parametrize("change", ["model", "stain", "mpp", "tile size", "precision"])
 def test_anything_the_maps_depend_on_misses(tile, model, tmp_path, shared_dir, change) -> None:
     cache = TileCache(tmp_path / "cache")
-    _run(tile, model, cache=cache)
+    first = _run(tile, model, cache=cache)
     other_model = load_checkpoint(shared_dir / "reference" / "ckpt_A.pth", device="cpu") if change == "model" else model
     options = {
         "stain": RunOptions(tiling=TilingOptions(tile=224), workers=0, stain="ihc_dab"),
         "tile size": RunOptions(tiling=TilingOptions(tile=320), workers=0),
         "precision": RunOptions(tiling=TilingOptions(tile=224), workers=0, precision="fp32" if native_bf16() else "bf16"),
     }.get(change, SMALL)
-    again = _run(tile, other_model, options, cache, mpp=0.26 if change == "mpp" else 0.25)
-    assert again.tiles_cached == 0
+    # cache_only: the changed run looks every tile up and predicts none (a hit would be post-processed)
+    again = _run(tile, other_model, options, cache, mpp=0.26 if change == "mpp" else 0.25, cache_only=True)
+    assert again.tiles_cached == 0 and not again.tiles_done
+    assert _run(tile, model, SMALL, cache, cache_only=True).tiles_cached == len(first.tiles)  # the unchanged run hits
 
 
 def test_a_corrupt_entry_is_computed_again_with_a_warning(tile, model, tmp_path, caplog) -> None:
