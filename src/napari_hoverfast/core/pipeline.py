@@ -139,7 +139,7 @@ def fit_tiles_to_memory(options: RunOptions, model: LoadedModel) -> RunOptions:
     except ValueError as exc:
         raise RunError(str(exc)) from None
     if tile != tiling.tile:
-        log.info("tiles of %d px instead of %d: a %s forward pass within %.1f GB", tile, tiling.tile, precision, options.memory_gb)
+        log.info("tiles of %d px instead of %d, so that one %s forward pass fits %.1f GB (--memory-gb)", tile, tiling.tile, precision, options.memory_gb)
     return replace(options, tiling=fitted)
 
 
