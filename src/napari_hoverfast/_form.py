@@ -172,7 +172,8 @@ class HoverFastForm(Container):
         self.batch_size = t(SpinBox(label="Batch size (0: auto)", value=0, min=0, max=256),
                             "Tiles per forward pass (0: chosen for the device). Larger needs more GPU memory.")
         self.tile_size = t(SpinBox(label="Tile size (px)", value=2048, min=128, max=4096, step=64),
-                           "Largest square a tile keeps nuclei from, in working pixels. Changing it invalidates the cached tiles.")
+                           "Largest square a tile keeps nuclei from, in working pixels; on a CPU at most what the network memory holds. "
+                           "Changing it invalidates the cached tiles.")
         self.memory_gb = t(FloatSpinBox(label="Network memory (GB)", value=3.0, min=0.5, max=256.0, step=0.5),
                            "On a CPU, tiles shrink so that one forward pass fits this: float32 (CPUs without bf16) "
                            "needs 2.3x the memory of bf16. Changing it may change the tiles, and so the cache.")
