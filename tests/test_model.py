@@ -28,10 +28,13 @@ def reference(shared_dir: Path) -> tuple[Path, dict[str, np.ndarray]]:
         return ref / "ckpt_A.pth", {k: data[k] for k in data.files}
 
 
-@pytest.mark.parametrize("size", [256, 1024])
-def test_reproduces_upstream_forward(reference, size: int) -> None:
+@pytest.mark.parametrize("size, strip_rows", [(256, None), (1024, None), (1024, 200)])
+def test_reproduces_upstream_forward(reference, size: int, strip_rows: int | None) -> None:
+    """Whole, and in row strips (200 rows: not a multiple of anything, so strips end unevenly)."""
     ckpt, ref = reference
     model = load_checkpoint(ckpt, device="cpu")
+    if strip_rows is not None:
+        model.net.strip_pixels = strip_rows * size
     assert not model.net.training
     assert model.parameter_count == 947_732
     x = torch.from_numpy(ref[f"rgb_{size}"]).permute(2, 0, 1)[None].float() / 255
@@ -63,6 +66,20 @@ def test_every_legal_configuration_round_trips(tmp_path: Path, config: ModelConf
     for a, b in zip(got, want):
         assert a.shape[-2:] == (32, 32)
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"d{c.depth}-wf{c.wf}-{c.up_mode}-bn{int(c.batch_norm)}-{c.conv_block}")
+def test_row_strips_give_the_whole_pass(config: ModelConfig) -> None:
+    """At inference large levels are computed in row strips for memory; the maps must not change."""
+    torch.manual_seed(0)
+    net = HoverFastNet(config).eval()
+    x = torch.rand(2, 3, 136, 72)
+    with torch.inference_mode():
+        whole = net(x)
+        net.strip_pixels = 24 * 72  # strips of 24 rows at full resolution, 16 one level down
+        strips = net(x)
+    for a, b in zip(strips, whole):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_checkpoint_keys_match_upstream(reference) -> None:

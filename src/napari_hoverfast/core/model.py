@@ -1,9 +1,7 @@
-"""The HoverFast network and a strict loader for upstream checkpoints.
+"""A strict loader for upstream HoverFast checkpoints (``.pth`` and ``.safetensors``).
 
-HoverFast is a U-Net with one shared encoder and two decoders: ``up_path``/``last`` give nucleus vs
-background logits, ``up_path_m``/``last_m`` the horizontal and vertical distance maps. Module names
-here reproduce upstream state-dict keys exactly, so official checkpoints load as they are and
-checkpoints we write load in HoverFast itself.
+The network itself is in :mod:`.network`; its names are re-exported here, where callers have always
+found them.
 """
 
 from __future__ import annotations
@@ -18,198 +16,17 @@ import zipfile
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from .device import resolve_device
+from .network import CONFIG_KEYS, CheckpointError, ConvBlock, HoverFastNet, ModelConfig, UpMode
+
+__all__ = ["CONFIG_KEYS", "CheckpointError", "ConvBlock", "HoverFastNet", "LoadedModel", "ModelConfig", "UpMode",
+           "build_model", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
 log = logging.getLogger(__name__)
-
-UpMode = Literal["upconv", "upsample"]
-ConvBlock = Literal["msunet", "unet"]
-
-#: Checkpoint keys holding the network configuration (upstream names).
-CONFIG_KEYS = ("n_classes", "in_channels", "depth", "wf", "padding", "batch_norm", "up_mode", "conv_block")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be turned into a HoverFast network; the message says why."""
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a HoverFast network, as stored in upstream checkpoints."""
-
-    n_classes: int = 2
-    in_channels: int = 3
-    depth: int = 3
-    wf: int = 4
-    padding: bool = True
-    batch_norm: bool = True
-    up_mode: UpMode = "upconv"
-    conv_block: ConvBlock = "msunet"
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("n_classes", "in_channels", "depth"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name}={value!r} (a positive integer is needed)")
-        if not isinstance(self.wf, int) or isinstance(self.wf, bool) or not 0 <= self.wf <= 10:
-            problems.append(f"wf={self.wf!r} (an integer from 0 to 10 is needed)")
-        for name in ("padding", "batch_norm"):
-            if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name}={getattr(self, name)!r} (true or false is needed)")
-        if self.up_mode not in ("upconv", "upsample"):
-            problems.append(f"up_mode={self.up_mode!r} (supported: 'upconv', 'upsample')")
-        if self.conv_block not in ("msunet", "unet"):
-            problems.append(f"conv_block={self.conv_block!r} (supported: 'msunet', 'unet')")
-        if self.padding is False:
-            problems.append("padding=False (valid convolutions shrink the output; only padded networks are supported)")
-        if problems:
-            raise CheckpointError("Unsupported HoverFast configuration: " + "; ".join(problems))
-
-    @property
-    def multiple(self) -> int:
-        """Input height and width must be a multiple of this (one halving per level)."""
-        return 2 ** (self.depth - 1)
-
-    @property
-    def receptive_radius(self) -> int:
-        """Pixels of input on each side that one output pixel depends on (the receptive field's radius).
-
-        Each block holds two convolutions of its largest kernel (7 for multi-scale blocks, 3 for
-        plain ones) at its level's stride; pooling and upsampling add half a stride each. 63 px for
-        the default configuration, where changing one input pixel changes no output pixel 64 px away.
-        """
-        reach = 2 * ((7 if self.conv_block == "msunet" else 3) - 1) / 2
-        down = sum(reach * 2**i + (0.5 * 2**i if i < self.depth - 1 else 0) for i in range(self.depth))
-        up = sum(reach * 2**i + 0.5 * 2**i for i in range(self.depth - 1))
-        return int(round(down + up))
-
-    @property
-    def padding_reach(self) -> int:
-        """How far in from a tile's border the convolutions' zero padding visibly changes the maps.
-
-        Measured for the default configuration on a real TCGA tile, outputs with 64 px of context
-        against outputs with full context: maps differ by up to 0.19 at 16 px from the border, 0.05
-        at 32 px and 0.002 at 48 px, where no nucleus-mask pixel changes. So 3/4 of the receptive
-        radius, rounded up to 8 px (48 px for the default). Post-processing skips this border.
-        """
-        return -(-int(0.75 * self.receptive_radius) // 8) * 8
-
-
-def _plain_block(in_ch: int, out_ch: int, kernel: int, padding: bool, batch_norm: bool) -> nn.Sequential:
-    """conv → [BN] → ReLU, twice; indices match upstream ``block.N`` keys."""
-    layers: list[nn.Module] = []
-    for i in range(2):
-        layers.append(nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, kernel, padding=kernel // 2 if padding else 0))
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(out_ch))
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
-class PlainBlock(nn.Module):
-    """U-Net double convolution (``conv_block = "unet"``)."""
-
-    def __init__(self, in_ch: int, out_ch: int, padding: bool, batch_norm: bool, kernel: int = 3) -> None:
-        super().__init__()
-        self.block = _plain_block(in_ch, out_ch, kernel, padding, batch_norm)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
-
-
-class MultiScaleBlock(nn.Module):
-    """MSU-Net block: 3×3 and 7×7 double convolutions side by side, mixed by a 1×1 convolution."""
-
-    def __init__(self, in_ch: int, out_ch: int, padding: bool, batch_norm: bool) -> None:
-        super().__init__()
-        self.conv_3 = PlainBlock(in_ch, out_ch, padding, batch_norm, kernel=3)
-        self.conv_7 = PlainBlock(in_ch, out_ch, padding, batch_norm, kernel=7)
-        self.conv = nn.Conv2d(2 * out_ch, out_ch, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([self.conv_3(x), self.conv_7(x)], dim=1))
-
-
-def _make_block(config: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
-    cls = MultiScaleBlock if config.conv_block == "msunet" else PlainBlock
-    return cls(in_ch, out_ch, config.padding, config.batch_norm)
-
-
-class UpBlock(nn.Module):
-    """Upsample ×2, concatenate the (centre-cropped) encoder skip, then a block."""
-
-    def __init__(self, config: ModelConfig, in_ch: int, out_ch: int) -> None:
-        super().__init__()
-        self.up: nn.Module
-        if config.up_mode == "upconv":
-            self.up = nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2)
-        else:
-            self.up = nn.Sequential(nn.Upsample(mode="bilinear", scale_factor=2), nn.Conv2d(in_ch, out_ch, kernel_size=1))
-        self.conv_block = _make_block(config, in_ch, out_ch)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        up = self.up(x)
-        dy = (skip.shape[-2] - up.shape[-2]) // 2
-        dx = (skip.shape[-1] - up.shape[-1]) // 2
-        skip = skip[..., dy : dy + up.shape[-2], dx : dx + up.shape[-1]]
-        return self.conv_block(torch.cat([up, skip], dim=1))
-
-
-class HoverFastNet(nn.Module):
-    """HoverFast: shared encoder, a nucleus-logit decoder and a distance-map decoder.
-
-    ``forward(x)`` takes float32 N×3×H×W in [0, 1] (H and W multiples of ``config.multiple``) and
-    returns ``(logits N×n_classes×H×W, maps N×2×H×W)``; channel 1 of the logits is "nucleus", map
-    channel 0 is horizontal (x) and channel 1 vertical (y).
-    """
-
-    def __init__(self, config: ModelConfig | None = None) -> None:
-        super().__init__()
-        self.config = config or ModelConfig()
-        c = self.config
-        widths = [2 ** (c.wf + i) for i in range(c.depth)]
-        self.down_path = nn.ModuleList()
-        prev = c.in_channels
-        for w in widths:
-            self.down_path.append(_make_block(c, prev, w))
-            prev = w
-        # Registration order matches upstream, so saved state dicts list keys in the same order.
-        bottom = prev
-        self.up_path = nn.ModuleList()
-        for w in reversed(widths[:-1]):
-            self.up_path.append(UpBlock(c, prev, w))
-            prev = w
-        self.last = nn.Conv2d(prev, c.n_classes, kernel_size=1)
-        prev = bottom
-        self.up_path_m = nn.ModuleList()
-        for w in reversed(widths[:-1]):
-            self.up_path_m.append(UpBlock(c, prev, w))
-            prev = w
-        self.last_m = nn.Conv2d(prev, 2, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        skips = []
-        for i, down in enumerate(self.down_path):
-            x = down(x)
-            if i != len(self.down_path) - 1:
-                skips.append(x)
-                x = F.max_pool2d(x, 2)
-        y, m = x, x
-        for up, up_m, skip in zip(self.up_path, self.up_path_m, reversed(skips)):
-            y = up(y, skip)
-            m = up_m(m, skip)
-        return self.last(y), self.last_m(m)
-
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 #: HoverFast's marker threshold (its ``infer`` default), used for checkpoints that do not record one.
 UPSTREAM_MARKER_THRESHOLD = 0.4
