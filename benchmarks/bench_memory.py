@@ -1,12 +1,12 @@
 """Memory and kernel time of one CPU forward pass, per tile side and precision: what ``memory_gb`` rests on.
 
-    python benchmarks/bench_memory.py [--sides 1024 1408 1696] [--precision auto] [--repeats 3]
+    python benchmarks/bench_memory.py [--sides 1440 2048 2208] [--precision auto] [--repeats 3]
 
 Each side runs in a fresh process (peak RSS is per process): the embedded model, ``--repeats``
 forwards of a random tile of ``side``² through the product's ``Predictor``, with the glibc heap tuning
 (the default) and without it (``NAPARI_HOVERFAST_NO_MALLOPT=1``). Prints seconds per forward, the
 kernel's share of CPU time, minor page faults, peak RSS and bytes per input pixel, next to
-``speed.CPU_FORWARD_BYTES_PER_PIXEL`` and the tile that ``tile_for_memory`` picks for 3 GB. Never
+``speed.CPU_FORWARD_BYTES_PER_PIXEL`` and the tile that ``tile_for_memory`` picks for the default budget. Never
 asserts anything.
 """
 
@@ -39,10 +39,11 @@ print(json.dumps({"precision": predictor.precision, "wall": (t1 - t0) / repeats,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sides", type=int, nargs="+", default=[1024, 1408, 1696])
+    parser.add_argument("--sides", type=int, nargs="+", default=[1440, 2048, 2208])
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    from napari_hoverfast.core.run_types import RunOptions
     from napari_hoverfast.core.speed import CPU_FORWARD_BYTES_PER_PIXEL, tile_for_memory
 
     print("| input | precision | heap tuning | s / forward | kernel / CPU time | minor faults / forward | peak RSS | bytes / input px |")
@@ -62,8 +63,9 @@ def main() -> None:
             print(f"| {side}² | {used} | {'on' if tuned else 'off'} | {r['wall']:.2f} | {100 * share:.1f} % "
                   f"| {r['faults']:,.0f} | {r['peak'] / 1e9:.2f} GB | {r['peak'] / side**2:,.0f} |", flush=True)
     if used is not None:
+        budget = RunOptions().memory_gb
         print(f"\nspeed.CPU_FORWARD_BYTES_PER_PIXEL[{used!r}] = {CPU_FORWARD_BYTES_PER_PIXEL[used]}; "
-              f"tile_for_memory(2048, 160, {used!r}, 3.0 GB) = {tile_for_memory(2048, 160, used, 3.0)} px")
+              f"tile_for_memory(2048, 160, {used!r}, {budget:g} GB) = {tile_for_memory(2048, 160, used, budget)} px")
 
 
 if __name__ == "__main__":

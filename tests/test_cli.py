@@ -177,3 +177,17 @@ def test_implausible_or_conflicting_options_are_one_line(tmp_path: Path, tile: P
     proc = _cli("segment", str(tile), "-o", str(tmp_path / "x.geojson"), "--model", str(ckpt), *extra)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_the_memory_budget_reaches_the_run(tmp_path: Path, tile: Path, ckpt: Path) -> None:
+    """``--memory-gb`` from the command line shrinks the CPU tiles and is recorded in run.json."""
+    from napari_hoverfast.core.speed import tile_for_memory
+
+    out = tmp_path / "cells.geojson"
+    proc = _cli("segment", str(tile), "-o", str(out), "--model", str(ckpt), "--mpp", "0.25", "--device", "cpu",
+                "--precision", "fp32", "--memory-gb", "0.5", "--roi", "0", "0", "1024", "1024", "--workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads((tmp_path / "cells.run.json").read_text())
+    assert run["memory_gb"] == 0.5
+    assert run["tiling"]["tile"] == tile_for_memory(2048, 160, "fp32", 0.5) < 1024
+    assert run["tiles_total"] == 4  # 1024² in 2 × 2 fitted cells, not one 2048 px tile

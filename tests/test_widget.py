@@ -30,6 +30,7 @@ from napari_hoverfast._widget import (
 from napari_hoverfast.core.geojson import read_geojson
 from napari_hoverfast.core.nuclei import AREA_UM2, PROBABILITY, TILE, Nuclei
 from napari_hoverfast.core.pipeline import NucleusBatch
+from napari_hoverfast.core.run_types import RunOptions
 from napari_hoverfast.core.slide import Slide
 
 pytestmark = pytest.mark.gui
@@ -130,7 +131,7 @@ def test_synchronous_run_on_rectangles_fills_one_aligned_layer(make_napari_viewe
     assert meta["cancelled"] is False and meta["error"] is None
     assert meta["tiles_total"] == len(meta["tiles_done"]) > 0
     assert meta["run"]["model_sha256"] and meta["run"]["tiling"]["tile"] == 256
-    assert meta["run"]["memory_gb"] == widget.memory_gb.value == 3.0  # the dock's network memory reaches the run
+    assert meta["run"]["memory_gb"] == widget.memory_gb.value == RunOptions().memory_gb  # the dock's network memory reaches the run
     assert "Done:" in widget.status.value
     # coloured by a feature: edge colours follow the area
     assert widget.color_by.value == AREA_UM2

@@ -23,6 +23,7 @@ from magicgui.widgets import (
 
 from ._colours import SINGLE_COLOURS, colour_choices
 from .core.ihc import CLASSES, DEFAULT_THRESHOLDS
+from .core.limits import DEFAULT_MEMORY_GB, DEFAULT_TILE
 from .core.nuclei import AREA_UM2, Nuclei
 
 SCOPE_RECTANGLES = "Rectangles in a Shapes layer"
@@ -171,12 +172,12 @@ class HoverFastForm(Container):
                         "Where the network runs: auto picks a GPU when there is one.")
         self.batch_size = t(SpinBox(label="Batch size (0: auto)", value=0, min=0, max=256),
                             "Tiles per forward pass (0: chosen for the device). Larger needs more GPU memory.")
-        self.tile_size = t(SpinBox(label="Tile size (px)", value=2048, min=128, max=4096, step=64),
+        self.tile_size = t(SpinBox(label="Tile size (px)", value=DEFAULT_TILE, min=128, max=4096, step=64),
                            "Largest square a tile keeps nuclei from, in working pixels; on a CPU at most what the network memory holds. "
                            "Changing it invalidates the cached tiles.")
-        self.memory_gb = t(FloatSpinBox(label="Network memory (GB)", value=3.0, min=0.5, max=256.0, step=0.5),
+        self.memory_gb = t(FloatSpinBox(label="Network memory (GB)", value=DEFAULT_MEMORY_GB, min=0.5, max=256.0, step=0.5),
                            "On a CPU, tiles shrink so that one forward pass fits this: float32 (CPUs without bf16) "
-                           "needs 2.3x the memory of bf16. Changing it may change the tiles, and so the cache.")
+                           "needs about twice the memory of bf16. Changing it may change the tiles, and so the cache.")
         self.use_cache = t(CheckBox(text="Keep the network's output (resume, re-threshold)", value=True),
                            "Keep each tile's network output on disk (5 GB at most), so Run continues after Cancel and "
                            "threshold changes update in seconds.")

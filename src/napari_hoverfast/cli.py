@@ -97,10 +97,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="HoverFast weights (.pth or .safetensors); default: the embedded model")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     parser.add_argument("--batch-size", type=_rule(int, limits.check_batch_size), default=None, help="tiles per forward pass")
-    parser.add_argument("--tile-size", type=_rule(int, limits.check_tile_size), default=2048, metavar="PX",
-                        help="largest square a tile keeps nuclei from, px; its input adds 80 px of context a side (2048)")
-    parser.add_argument("--memory-gb", type=_rule(_finite, limits.check_memory_gb), default=3.0, metavar="GB",
-                        help="memory one CPU forward pass may use; tiles shrink to fit (3; float32 fits 1280 px tiles)")
+    parser.add_argument("--tile-size", type=_rule(int, limits.check_tile_size), default=limits.DEFAULT_TILE, metavar="PX",
+                        help=f"largest square a tile keeps nuclei from, px; its input adds 80 px of context a side ({limits.DEFAULT_TILE})")
+    parser.add_argument("--memory-gb", type=_rule(_finite, limits.check_memory_gb), default=limits.DEFAULT_MEMORY_GB,
+                        metavar="GB", help=f"memory one CPU forward pass may use; tiles shrink to fit ({limits.DEFAULT_MEMORY_GB:g})")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
     parser.add_argument("--compile", action="store_true",

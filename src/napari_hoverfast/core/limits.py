@@ -89,6 +89,11 @@ def check_batch_pixels(batch: int, side: int) -> None:
 
 #: GB a CPU forward pass may use (``RunOptions.memory_gb``): below 0.5 no useful tile fits.
 MEMORY_GB_RANGE = (0.5, 4096.0)
+#: The defaults of a run that the command line and the dock show too: kept here, which both import
+#: without the engine (torch), so that each default is written once.
+DEFAULT_TILE = 2048
+#: A float32 2048 px cell's forward (2208² input) peaks at 2.5–3.1 GB; whole slides then stay under 4 GB.
+DEFAULT_MEMORY_GB = 3.5
 
 
 def check_memory_gb(value: Any) -> float:

@@ -41,11 +41,12 @@ from .run_types import (  # re-exported: the engine's public types
     RunError,
     RunOptions,
     RunResult,
+    fit_tiles_to_memory,
     slide_geometry,
     working_geometry,  # noqa: F401
 )
 from .seams import SeamBook
-from .speed import cpu_plan, cuda_batch_size, reader_threads, tile_for_memory, usable_cores
+from .speed import cpu_plan, cuda_batch_size, reader_threads, usable_cores
 from .stages import Reader, TileNuclei, TileWork, neighbours, postprocess_tile, predict_batch
 from .stain_vectors import StainVectorError, vectors_for_run
 from .tiling import (
@@ -123,26 +124,6 @@ def _default_batch_size(model: LoadedModel, tile: int) -> int:
     return 1
 
 
-def fit_tiles_to_memory(options: RunOptions, model: LoadedModel) -> RunOptions:
-    """On a CPU, tiles no larger than one forward pass within ``options.memory_gb`` can hold.
-
-    A forward holds all of a tile's activations at once: at float32 a 2048 px cell needs about 7 GB,
-    so on CPUs without bf16 units the default tile would take a whole slide's run far past 4 GB.
-    """
-    if model.device.type != "cpu" or options.memory_gb is None:
-        return options
-    tiling = options.tiling.resolved(model.config.padding_reach)
-    precision = resolve_precision(options.precision, "cpu")
-    try:
-        tile = tile_for_memory(tiling.tile, tiling.overlap_px, precision, options.memory_gb, options.batch_size or 1)
-        fitted = replace(tiling, tile=tile)
-    except ValueError as exc:
-        raise RunError(str(exc)) from None
-    if tile != tiling.tile:
-        log.info("tiles of %d px instead of %d, so that one %s forward pass fits %.1f GB (--memory-gb)", tile, tiling.tile, precision, options.memory_gb)
-    return replace(options, tiling=fitted)
-
-
 def _default_workers(n_tiles: int, device_type: str) -> int:
     """Post-processing worker processes for a run of ``n_tiles`` (``speed.cpu_plan``): none for one tile."""
     return 0 if n_tiles <= 1 else cpu_plan(usable_cores(), device_type)[1]
@@ -184,7 +165,7 @@ def segment_slide(
     if cache_only and cache is None:
         raise RunError("cache_only needs a tile cache")
     options = options or RunOptions()
-    options = fit_tiles_to_memory(replace(options, tiling=options.tiling.resolved(model.config.padding_reach)), model)
+    options = fit_tiles_to_memory(options, model)
     if options.marker_threshold is None:  # the model's own, recorded in run.json as used
         options = replace(options, marker_threshold=model.marker_threshold)
     geometry = slide_geometry(slide)

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .ihc import IhcOptions
-from .limits import check_batch_pixels, check_batch_size, check_memory_gb, check_workers
-from .model import UPSTREAM_MARKER_THRESHOLD
+from .limits import (
+    DEFAULT_MEMORY_GB,
+    check_batch_pixels,
+    check_batch_size,
+    check_memory_gb,
+    check_workers,
+)
+from .model import UPSTREAM_MARKER_THRESHOLD, LoadedModel
 from .nuclei import Nuclei
 from .postprocess import PostprocessOptions
-from .predict import Precision, PredictOptions, Stain
+from .predict import Precision, PredictOptions, Stain, resolve_precision
+from .speed import tile_for_memory
 from .stain_vectors import check_setting
 from .tiling import TileSpec, TilingOptions
 
@@ -53,9 +60,9 @@ class RunOptions:
     workers: int | None = None
     read_ahead: int = 2
     #: GB one CPU forward pass may use: tiles shrink to fit it at the precision in use (float32 needs
-    #: 2.3× the memory of bfloat16 per pixel), so whole-slide runs stay under 4 GB; ``None``: tiles as
-    #: given. GPUs size their batch from free device memory instead.
-    memory_gb: float | None = 3.0
+    #: about twice the memory of bfloat16 per pixel), so whole-slide runs stay under 4 GB; ``None``:
+    #: tiles as given. GPUs size their batch from free device memory instead.
+    memory_gb: float | None = DEFAULT_MEMORY_GB
     #: IHC positivity thresholds (``stain="ihc_dab"`` runs classify nuclei Negative/1+/2+/3+).
     ihc: IhcOptions = field(default_factory=IhcOptions)
     #: The stain measurements' vectors: ``"default"`` (scikit-image's), ``"estimated"`` (from the
@@ -164,3 +171,24 @@ def slide_geometry(slide: Any) -> Geometry:
     if slide.mpp is None:
         raise RunError(f"{slide.name} has no resolution (µm per pixel) in its metadata: give one (--mpp)")
     return working_geometry(float(slide.mpp))
+
+
+def fit_tiles_to_memory(options: RunOptions, model: LoadedModel) -> RunOptions:
+    """``options`` with the tiling resolved for ``model`` and, on a CPU, cells fitted to ``memory_gb``.
+
+    One place for both, so that every run plans with the same tiling: a forward holds a tile's
+    activations at once (in row strips, ``network.by_rows``), and float32 needs about twice the
+    bytes of bf16, so the tile's side is what bounds a CPU run's memory.
+    """
+    tiling = options.tiling.resolved(model.config.padding_reach)
+    if model.device.type == "cpu" and options.memory_gb is not None:
+        precision = resolve_precision(options.precision, "cpu")
+        try:
+            tile = tile_for_memory(tiling.tile, tiling.overlap_px, precision, options.memory_gb, options.batch_size or 1)
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
+        if tile != tiling.tile:
+            log.info("tiles of %d px instead of %d, so that one %s forward pass fits %.1f GB (--memory-gb)",
+                     tile, tiling.tile, precision, options.memory_gb)
+            tiling = replace(tiling, tile=tile)
+    return replace(options, tiling=tiling)

@@ -135,10 +135,12 @@ def cuda_batch_size(device: torch.device, tile_pixels: int, *, most: int = 32) -
 
 
 #: Peak process memory per input pixel of one CPU forward pass (bytes), with the heap tuning above on,
-#: process and model included. Measured on 2-core CPUs (``benchmarks/bench_memory.py``): float32
-#: 1.44 GB at 1024², 3.08 GB at 1408², 3.70 GB at 1696² (the kept blocks fragment: 1,300–1,550 B/px,
-#: ~800 untuned); bfloat16 2.8 GB at 2208². Whole slides with float32 1440² inputs peaked at 3.4 GB.
-CPU_FORWARD_BYTES_PER_PIXEL = {"fp32": 1400, "bf16": 600, "fp16": 600}
+#: process and model included: the most measured at the inputs the budget chooses between
+#: (``benchmarks/bench_memory.py``). float32, the forward in row strips (``network.by_rows``), on a
+#: 2-core AVX2 CPU: 2048² 2.52–2.79 GB, 2208² 2.52–3.09 GB (517–665 B/px: the heap's kept blocks
+#: fragment differently from run to run). bf16: 600 B/px at 2208², measured on an AVX512-BF16 CPU
+#: before the row strips, so an upper bound (a CPU without bf16 units emulates it: no use measuring).
+CPU_FORWARD_BYTES_PER_PIXEL = {"fp32": 640, "bf16": 600, "fp16": 600}
 #: Cells shrink in steps of this (px), and never below ``SMALLEST_FITTED_TILE``.
 TILE_STEP = 64
 SMALLEST_FITTED_TILE = 512

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .limits import check_tile_size
+from .limits import DEFAULT_TILE, check_tile_size
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class TilingOptions:
     :meth:`resolved` fills them in.
     """
 
-    tile: int = 2048
+    tile: int = DEFAULT_TILE
     overlap: int | None = None
     valid_border: int | None = None
 
