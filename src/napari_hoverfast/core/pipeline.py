@@ -32,10 +32,10 @@ from .focus import Focus
 from .measurements import stain_columns
 from .model import LoadedModel
 from .nuclei import Nuclei
-from .predict import PredictOptions, Predictor, resolve_precision
+from .planning import least_work_tiling, plan_run
+from .predict import PredictOptions, Predictor
 from .run_types import (  # re-exported: the engine's public types
     REFERENCE_MPP,  # noqa: F401
-    Geometry,
     NucleusBatch,
     Progress,
     RunError,
@@ -53,59 +53,14 @@ from .tiling import (
     Box,
     TileSpec,
     keep_boxes,
-    order_by_distance,
-    plan_tiles,
     post_window,
 )
-from .tissue import TissueMask, tiles_on_tissue
+from .tissue import TissueMask
 from .worker_pool import discard_worker_pool, shared_worker_pool
 
 log = logging.getLogger(__name__)
 
 _Result = TypeVar("_Result")
-
-def _check_region(region: Box, dimensions: tuple[int, int], name: str) -> Box:
-    width, height = dimensions
-    x0, y0 = max(region.x, 0), max(region.y, 0)
-    x1, y1 = min(region.x + region.w, width), min(region.y + region.h, height)
-    if x1 <= x0 or y1 <= y0:
-        raise RunError(
-            f"Region x={region.x}, y={region.y}, w={region.w}, h={region.h} lies outside {name} ({width}×{height} px)"
-        )
-    return Box(x0, y0, x1 - x0, y1 - y0)
-
-
-def plan_run(
-    slide: Any,
-    regions: Sequence[Box] | None,
-    geometry: Geometry,
-    options: RunOptions,
-    *,
-    tissue: TissueMask | None = None,
-    priority: tuple[float, float] | None = None,
-    multiple: int = 8,
-) -> list[TileSpec]:
-    """Tiles in working pixels for the given level-0 regions, or for the tissue of the whole slide."""
-    multiple = max(8, multiple)
-    if regions:
-        tiles: list[TileSpec] = []
-        for number, region in enumerate(regions):
-            clipped = _check_region(region, slide.dimensions, slide.name)
-            tiles += plan_tiles(
-                clipped.scaled(geometry.scale), options.tiling, multiple=multiple, first_index=len(tiles), region_index=number
-            )
-    else:
-        width, height = slide.dimensions
-        whole = Box(0, 0, width, height).scaled(geometry.scale)
-        tiles = plan_tiles(whole, options.tiling, multiple=multiple)
-    if tissue is not None:  # regions too: the widget's view and rectangles skip glass
-        boxes = [astuple(t.owned.scaled(1.0 / geometry.scale)) for t in tiles]
-        tiles = [t for t, keep in zip(tiles, tiles_on_tissue(tissue, boxes), strict=True) if keep]
-        tiles = [TileSpec(i, t.input, t.owned, t.region) for i, t in enumerate(tiles)]
-    if priority is not None:
-        tiles = order_by_distance(tiles, (priority[0] * geometry.scale, priority[1] * geometry.scale))
-    return tiles
-
 
 def _in_band(polygons: list[Any], spec: TileSpec, scale: float) -> np.ndarray:
     """Which nuclei lie past the tile's own cell (kept from its seam band): centroids in working px."""
@@ -169,6 +124,7 @@ def segment_slide(
     if options.marker_threshold is None:  # the model's own, recorded in run.json as used
         options = replace(options, marker_threshold=model.marker_threshold)
     geometry = slide_geometry(slide)
+    options = least_work_tiling(slide, regions, geometry, options, tissue, multiple=model.config.multiple)
     tiles = plan_run(slide, regions, geometry, options, tissue=tissue, priority=priority, multiple=model.config.multiple)
     post = options.postprocess(geometry.work_mpp)
     try:  # post-processing only: the network's input, and so the cache, stay as they are
