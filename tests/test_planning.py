@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from napari_hoverfast.core.planning import computed_pixels, least_work_tiling, plan_run
+from napari_hoverfast.core.planning import least_work_tiling, plan_run
 from napari_hoverfast.core.run_types import RunOptions, working_geometry
-from napari_hoverfast.core.tiling import Box, TilingOptions
+from napari_hoverfast.core.tiling import Box, TilingOptions, computed_pixels
 from napari_hoverfast.core.tissue import TissueMask
 
 SIZE = 6144
@@ -43,3 +43,5 @@ def test_without_tissue_or_on_solid_tissue_the_largest_cells_stay() -> None:
     assert least_work_tiling(slide, [Box(0, 0, 4096, 4096)], geometry, options, None) == options
     solid = TissueMask(np.ones((SIZE // 16, SIZE // 16), bool), 16, (SIZE, SIZE))
     assert least_work_tiling(slide, None, geometry, options, solid).tiling.tile == 2048
+    small = RunOptions(tiling=TilingOptions(tile=256).resolved(48))  # the dock's tests use 256 px tiles
+    assert least_work_tiling(slide, None, geometry, small, islands()) == small

@@ -145,11 +145,14 @@ def _axis(start: int, length: int, options: TilingOptions, multiple: int) -> tup
     return _round_up(max(c for _, c in cells) + 2 * margin, multiple), cells
 
 
+def computed_pixels(tiles: Sequence[TileSpec]) -> int:
+    """The network's work for ``tiles``: input pixels, margins included."""
+    return sum(t.input.w * t.input.h for t in tiles)
+
+
 def computed_per_owned(tiles: Sequence[TileSpec]) -> float:
     """Pixels the network computes per pixel whose nuclei are kept: the tiling's waste (1.0 is none)."""
-    computed = sum(t.input.w * t.input.h for t in tiles)
-    owned = sum(t.owned.w * t.owned.h for t in tiles)
-    return computed / owned
+    return computed_pixels(tiles) / sum(t.owned.w * t.owned.h for t in tiles)
 
 
 def plan_tiles(
