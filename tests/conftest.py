@@ -13,6 +13,25 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist, pin each worker to its own share of the cores.
+
+    The product sizes its torch threads and workers from the affinity mask (``speed.usable_cores``),
+    so two workers on 2 cores each run on one core instead of both spinning OpenMP threads on both;
+    subprocesses the tests start inherit the mask.
+    """
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker.startswith("gw") or not count or not hasattr(os, "sched_getaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    index, count_ = int(worker[2:]), int(count)
+    if len(cores) >= count_:
+        os.sched_setaffinity(0, set(cores[index::count_]))
+
+
+_share_the_cores_between_workers()
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The shared folder (real test data, tools): ``$HOVERFAST_SHARED`` or ``<repo root>/../shared``."""
