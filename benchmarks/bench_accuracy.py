@@ -37,6 +37,8 @@ HOLDOUT = {
     "monuseg_train": ["TCGA-21-5786-01Z-00-DX1", "TCGA-AR-A1AS-01Z-00-DX1", "TCGA-B0-5711-01Z-00-DX1"],
     "consep_train": ["train_5", "train_14", "train_23"],
     "tnbc": ["TNBC_10_1", "TNBC_10_2", "TNBC_10_3", "TNBC_10_4", "TNBC_11_1", "TNBC_11_2", "TNBC_11_3"],  # by patient
+    # every 14th tile by name (docs/train_default.sh); magnification not recorded, scored as 40×
+    "dsb2018_he": ["0bf33d3db4282d918ec3da7112d0bf0427d4eafe74b3ee0bb419770eefe8d7d6", "24a20f2a529cede5695df2422a3986505b5826bb10b10781d6db2074cf3de7b3", "4590d7d47f521df62f3bcb0bf74d1bca861d94ade614d8afc912d1009d607b94", "5d75a63972ef643efd7c42f20668b167f2af43635d6263962d84e62e7609ab51", "79fe419488ba98494e3baa35c6fef9662eda1efe325d0ab0ac002f5383245d96", "a08166d91d2cca263d2dd52764dc25c9c582b7a5ece2b802749fa4be33187c49", "b214800de5ed4cc558f44d569495970f93c8c047f8e464c51d4bd5c276118423", "ebc18868864ad075548cc1784f4f9a237bb98335f9645ee727dac8332a3e3716"],
 }
 
 

@@ -26,7 +26,11 @@ import shapely
 
 from napari_hoverfast.core.cache import TileCache, TileMaps
 from napari_hoverfast.core.default_model import load_model
-from napari_hoverfast.core.pipeline import NucleusBatch, Progress, RunOptions, run_to_end, segment_slide
+from napari_hoverfast.core.pipeline import (
+    Progress,
+    RunOptions,
+    segment_slide,
+)
 from napari_hoverfast.core.postprocess import PostprocessOptions, segment
 from napari_hoverfast.core.predict import PredictOptions, Predictor, prepare
 from napari_hoverfast.core.slide import Slide

@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 
 from napari_hoverfast.core.model import load_checkpoint
-from napari_hoverfast.core.pipeline import RunOptions, plan_run, run_to_end, segment_slide, working_geometry
+from napari_hoverfast.core.pipeline import (
+    RunOptions,
+    plan_run,
+    run_to_end,
+    segment_slide,
+    working_geometry,
+)
 from napari_hoverfast.core.predict import PredictOptions, Predictor, prepare
 from napari_hoverfast.core.slide import Slide
 from napari_hoverfast.core.stages import TileWork, postprocess_tile, predict_batch

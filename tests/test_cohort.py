@@ -12,10 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _pyramids import write_plain_tiff
 from skimage import io
 
-from _pyramids import write_plain_tiff
-from napari_hoverfast.core.cohort import SlideOutcome, plan_jobs, read_inputs, run_cohort, write_table
+from napari_hoverfast.core.cohort import (
+    SlideOutcome,
+    plan_jobs,
+    read_inputs,
+    run_cohort,
+    write_table,
+)
 from napari_hoverfast.core.job import SlideJob
 from napari_hoverfast.core.outputs import read_sidecar
 from napari_hoverfast.core.pipeline import RunOptions

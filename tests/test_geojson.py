@@ -553,3 +553,39 @@ def test_sliced_reading_falls_back_where_slices_are_not_json(tmp_path, sliced, c
     spaced = tmp_path / "spaced.geojson"  # one feature per line: cut at the line breaks
     spaced.write_text(compact([feature(objectType="detection")] * 40).replace(',{"type":"Feature"', ',\n {"type":"Feature"'))
     assert len(read_geojson(spaced)) == 40
+
+
+def test_spliced_chunks_equal_the_dict_path_byte_for_byte(tmp_path, qupath_check):
+    """The fast writer (text spliced from arrays) and the dict path give the same file but for the ids."""
+    rng = np.random.default_rng(3)
+    n = 5000  # three chunks
+    centres = rng.uniform(20, 5000, (n, 2))
+    polygons = [shapely.Point(*c).buffer(rng.uniform(3, 9), quad_segs=4) for c in centres]
+    polygons[7] = WITH_HOLE  # a hole: two rings
+    polygons[2100] = BOWTIE  # repaired after the chunk's other rings
+    polygons[2101] = box(0, 0, 0.001, 0.001)  # left out
+    polygons[4000] = MultiPolygon([box(0, 0, 1, 1), box(3, 3, 9, 9)])  # its largest part
+    polygons[4001] = Polygon([(0, 0), (0, 5), (5, 5), (5, 0)])  # clockwise: turned round
+    columns = {"Area µm^2": rng.uniform(1, 100, n), "Tile": np.arange(n) // 7,
+               'odd "name"': rng.normal(size=n) * 1e-7, "big": rng.uniform(1e15, 1e17, n)}
+    classes = [None if i % 3 else ("2+", (200, 50, 0)) for i in range(n)]
+    fast, slow = tmp_path / "fast.geojson", tmp_path / "slow.geojson"
+    ids = uuid4_strings(n)
+    assert write_detections(fast, polygons, columns, classifications=classes) == n - 1
+    rows = [{k: float(v[i]) for k, v in columns.items()} for i in range(n)]
+    assert write_detections(slow, polygons, rows, classifications=classes, ids=ids) == n - 1
+
+    def without_ids(path: Path) -> bytes:
+        return re.sub(rb'"id":"[0-9a-f-]{36}"', b'"id":""', path.read_bytes())
+
+    assert without_ids(fast) == without_ids(slow)
+    objects = read_geojson(fast)
+    assert len({o.id for o in objects}) == n - 1 and all(uuid.UUID(o.id).version == 4 for o in objects)
+    assert_checker_ok(qupath_check, fast)
+    # no measurements at all, and measurements without columns, also take the spliced path
+    for given in (None, {}):
+        path = tmp_path / f"plain{given is None}.geojson"
+        write_detections(path, polygons[:50], given)
+        reference = tmp_path / "reference.geojson"
+        write_detections(reference, polygons[:50], None if given is None else [{}] * 50, ids=ids[:50])
+        assert without_ids(path) == without_ids(reference)

@@ -7,7 +7,6 @@ tested.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from _plugin import configure, open_widget

@@ -63,7 +63,7 @@ def test_every_legal_configuration_round_trips(tmp_path: Path, config: ModelConf
     with torch.inference_mode():
         want = net(x)
         got = loaded.net(x)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         assert a.shape[-2:] == (32, 32)
         torch.testing.assert_close(a, b)
 
@@ -78,7 +78,7 @@ def test_row_strips_give_the_whole_pass(config: ModelConfig) -> None:
         whole = net(x)
         net.strip_pixels = 24 * 72  # strips of 24 rows at full resolution, 16 one level down
         strips = net(x)
-    for a, b in zip(strips, whole):
+    for a, b in zip(strips, whole, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 

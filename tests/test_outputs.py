@@ -11,7 +11,14 @@ import pytest
 import shapely
 import yaml
 
-from napari_hoverfast.core.formats import FORMATS, GEOJSON_SUFFIXES, find_format, format_of, stem_of, with_stem_tag
+from napari_hoverfast.core.formats import (
+    FORMATS,
+    GEOJSON_SUFFIXES,
+    find_format,
+    format_of,
+    stem_of,
+    with_stem_tag,
+)
 from napari_hoverfast.core.job import SlideJob, drain, run_slide_job
 from napari_hoverfast.core.model import load_checkpoint
 from napari_hoverfast.core.nuclei import Nuclei

@@ -120,7 +120,7 @@ def test_error_mid_run_keeps_partial_results(tmp_path: Path, shared_dir: Path, m
         page = tif.pages[0]
         offsets, counts = page.dataoffsets, page.databytecounts
     data = bytearray(path.read_bytes())
-    for offset, count in list(zip(offsets, counts))[8:]:  # the lower half of the image
+    for offset, count in list(zip(offsets, counts, strict=True))[8:]:  # the lower half of the image
         data[offset : offset + count] = b"\x00" * count
     path.write_bytes(bytes(data))
     with Slide(path) as slide:

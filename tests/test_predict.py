@@ -32,7 +32,7 @@ def test_ihc_dab_keeps_only_haematoxylin(shared_dir: Path) -> None:
     rgb = io.imread(shared_dir / "data" / "ihc_roi.png")[..., :3]
     hed_in = rgb2hed(rgb)
     out = haematoxylin_only(rgb)
-    assert out.dtype == np.float32 and out.shape == rgb.shape and 0 <= out.min() and out.max() <= 1
+    assert out.dtype == np.float32 and out.shape == rgb.shape and out.min() >= 0 and out.max() <= 1
     hed_out = rgb2hed(out)
     assert hed_in[..., 2].max() > 0.05  # the input really has DAB
     assert np.abs(hed_out[..., 2]).max() < 1e-3 and np.abs(hed_out[..., 1]).max() < 1e-3
@@ -53,7 +53,7 @@ def test_precision_choices(shared_dir: Path) -> None:
     images = prepare(io.imread(shared_dir / "data" / "tcga_tile.png")[None, :128, :128, :3], "he")
     prob32, hv32 = Predictor(model)(images)
     assert prob32.shape == (1, 128, 128) and hv32.shape == (1, 2, 128, 128)
-    assert prob32.dtype == np.float32 and 0 <= prob32.min() and prob32.max() <= 1
+    assert prob32.dtype == np.float32 and prob32.min() >= 0 and prob32.max() <= 1
     prob16, _ = Predictor(model, PredictOptions(precision="bf16"))(images)
     assert np.abs(prob16 - prob32).mean() < 0.05
     with pytest.raises(ValueError, match="fp16 inference needs a GPU"):

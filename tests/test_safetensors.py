@@ -68,7 +68,7 @@ def test_every_configuration_is_inferred_from_the_tensors(tmp_path: Path, config
     assert loaded.config == config
     x = torch.rand(1, 3, 32, 32)
     with torch.inference_mode():
-        for a, b in zip(loaded.net(x), net(x)):
+        for a, b in zip(loaded.net(x), net(x), strict=True):
             torch.testing.assert_close(a, b)
 
 

@@ -29,7 +29,7 @@ def test_folded_batch_norm_gives_the_same_maps() -> None:
     assert model.parameter_count == net.parameter_count()  # as trained, not as folded
     x = torch.rand(2, 3, 64, 64)
     with torch.inference_mode():
-        for got, want in zip(model.net(x), net(x)):
+        for got, want in zip(model.net(x), net(x), strict=True):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert fold_batch_norm(model.net) == 0  # nothing left to fold
 

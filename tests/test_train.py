@@ -16,7 +16,12 @@ from napari_hoverfast.core.model import HoverFastNet, ModelConfig, load_checkpoi
 from napari_hoverfast.core.postprocess import labels_to_polygons
 from napari_hoverfast.core.targets import hv_maps
 from napari_hoverfast.core.train import TrainOptions, hover_loss, train
-from napari_hoverfast.core.training_data import AugmentOptions, TrainingDataError, load_folder, make_batch
+from napari_hoverfast.core.training_data import (
+    AugmentOptions,
+    TrainingDataError,
+    load_folder,
+    make_batch,
+)
 
 SMALL = ModelConfig(depth=2, wf=3)
 

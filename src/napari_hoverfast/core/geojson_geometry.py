@@ -32,15 +32,35 @@ _MULTIPOLYGON = shapely.GeometryType.MULTIPOLYGON
 
 @dataclass(frozen=True)
 class PreparedChunk:
-    """One chunk of polygons ready to serialise.
+    """One chunk of polygons ready to serialise, as a flat ring table.
 
-    ``rings[i]`` is the list of ``(k, 2)`` float64 arrays (exterior first, then holes; rounded,
-    oriented, C-contiguous) of input polygon ``i``, or ``None`` when it had to be left out.
+    ``xy`` holds rounded, oriented float64 coordinates; ring ``r`` is
+    ``xy[ring_start[r] : ring_start[r] + ring_length[r]]`` and belongs to input polygon
+    ``ring_owner[r]``. Rings are sorted by owner, each polygon's exterior first. ``kept[i]`` says
+    whether input polygon ``i`` is written (False: it had to be left out).
     """
 
-    rings: list[list[np.ndarray] | None]
+    xy: np.ndarray
+    ring_start: np.ndarray
+    ring_length: np.ndarray
+    ring_owner: np.ndarray
+    kept: np.ndarray
     repaired: int
     dropped: int
+
+    @property
+    def rings(self) -> list[list[np.ndarray] | None]:
+        """Per input polygon the list of its ``(k, 2)`` ring arrays, or ``None`` when left out."""
+        out: list[list[np.ndarray] | None] = [None] * len(self.kept)
+        xy = self.xy
+        for s, n, owner in zip(self.ring_start.tolist(), self.ring_length.tolist(), self.ring_owner.tolist(),
+                               strict=True):
+            rings = out[owner]
+            if rings is None:
+                out[owner] = [xy[s : s + n]]
+            else:
+                rings.append(xy[s : s + n])
+        return out
 
 
 def _largest_polygon(geom: BaseGeometry | None) -> Polygon | None:
@@ -197,15 +217,12 @@ def prepare_chunk(chunk: list[Any], start: int, path: Path) -> PreparedChunk:
     ok = _rounded_valid(geoms, xy, rounded, lengths, owners, starts, shell)
     oriented = _orient(rounded, starts, lengths, shell)
 
-    out: list[list[np.ndarray] | None] = [None] * len(geoms)
-    for s, e, owner, kept in zip(starts.tolist(), ends.tolist(), owners.tolist(), ok[owners].tolist(), strict=True):
-        if kept:
-            rings = out[owner]
-            if rings is None:
-                out[owner] = [oriented[s:e]]
-            else:
-                rings.append(oriented[s:e])
-
+    keep_ring = ok[owners]
+    ring_start, ring_length, ring_owner = starts[keep_ring], lengths[keep_ring], owners[keep_ring]
+    kept = ok.copy()
+    extra: list[np.ndarray] = []  # coordinates of repaired polygons, appended after ``oriented``
+    extra_rings: list[tuple[int, int, int]] = []
+    size = len(oriented)
     repaired = dropped = 0
     for i in np.flatnonzero(~ok).tolist():  # Python ints (numpy ints upset some log handlers)
         fixed = repair(geoms[i]) if geoms[i] is not None else None
@@ -218,10 +235,24 @@ def prepare_chunk(chunk: list[Any], start: int, path: Path) -> PreparedChunk:
             )
             continue
         repaired += 1
+        kept[i] = True
         log.debug("%s: polygon %d repaired (%s)", path, start + i, _why(geoms[i]))
         fixed = shapely.orient_polygons(fixed, exterior_cw=False)
-        out[i] = [np.ascontiguousarray(shapely.get_coordinates(r)) for r in (fixed.exterior, *fixed.interiors)]
-    return PreparedChunk(out, repaired, dropped)
+        for ring in (fixed.exterior, *fixed.interiors):
+            coords = np.ascontiguousarray(shapely.get_coordinates(ring))
+            extra_rings.append((size, len(coords), i))
+            extra.append(coords)
+            size += len(coords)
+    if extra:
+        oriented = np.concatenate([oriented, *extra])
+        more = np.array(extra_rings, dtype=np.intp).reshape(-1, 3)
+        ring_start = np.concatenate([ring_start, more[:, 0]])
+        ring_length = np.concatenate([ring_length, more[:, 1]])
+        ring_owner = np.concatenate([ring_owner, more[:, 2]])
+    if len(ring_owner) > 1 and (np.diff(ring_owner) < 0).any():  # holed and repaired polygons come last
+        order = np.argsort(ring_owner, kind="stable")  # each polygon's rings together, exterior first
+        ring_start, ring_length, ring_owner = ring_start[order], ring_length[order], ring_owner[order]
+    return PreparedChunk(oriented, ring_start, ring_length, ring_owner, kept, repaired, dropped)
 
 
 def _why(geom: Polygon | None) -> str:

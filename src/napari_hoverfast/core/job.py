@@ -26,7 +26,15 @@ from .cache import TileCache
 from .focus import Focus
 from .model import LoadedModel
 from .outputs import OutputSet, write_outputs
-from .pipeline import NucleusBatch, Progress, RunError, RunOptions, RunResult, segment_slide, slide_geometry
+from .pipeline import (
+    NucleusBatch,
+    Progress,
+    RunError,
+    RunOptions,
+    RunResult,
+    segment_slide,
+    slide_geometry,
+)
 from .pipeline import run_to_end as drain  # noqa: F401 - drains a job generator too
 from .tiling import Box
 from .tissue import TissueMask

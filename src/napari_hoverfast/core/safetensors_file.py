@@ -9,6 +9,7 @@ with a sentence, never guessed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from os import PathLike
@@ -56,10 +57,8 @@ def read_safetensors(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], d
 def _parse(key: str, text: str, name: str) -> Any:
     """One metadata value: an integer, a boolean or a word, written as text or as JSON."""
     value: Any = text.strip()
-    try:
+    with contextlib.suppress(ValueError):
         value = json.loads(value)
-    except ValueError:
-        pass
     if key in ("padding", "batch_norm"):
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"

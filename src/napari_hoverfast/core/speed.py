@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import itertools
 import logging
 import os
 import sys
@@ -84,7 +85,7 @@ def fold_batch_norm(module: nn.Module) -> int:
         if not isinstance(child, nn.Sequential):
             continue
         names = list(child._modules)
-        for a, b in zip(names, names[1:]):
+        for a, b in itertools.pairwise(names):
             conv, bn = child._modules[a], child._modules[b]
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
                 child._modules[a] = _fold(conv, bn)

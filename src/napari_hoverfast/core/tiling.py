@@ -11,6 +11,7 @@ both and duplicates it). All boxes here are in working-resolution pixels.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,7 +142,7 @@ def _axis(start: int, length: int, options: TilingOptions, multiple: int) -> tup
     margin = options.overlap_px // 2
     n = cells_along(length, options.tile)
     bounds = [start + (length * k) // n for k in range(n + 1)]
-    cells = [(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+    cells = [(a, b - a) for a, b in itertools.pairwise(bounds)]
     return _round_up(max(c for _, c in cells) + 2 * margin, multiple), cells
 
 

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from .device import resolve_device
-from .limits import check_batch_pixels, check_batch_size, check_learning_rate, check_network, check_patch_size
+from .limits import (
+    check_batch_pixels,
+    check_batch_size,
+    check_learning_rate,
+    check_network,
+    check_patch_size,
+)
 from .model import HoverFastNet, ModelConfig, read_checkpoint, save_checkpoint
 from .training_data import AnnotatedTile, AugmentOptions, load_folder, make_batch
 
