@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ import orjson
 from . import geojson_parse as parse
 from .geojson_coords import split_coordinates
 from .geojson_file import read_capped
+from .geojson_parallel import Packing, read_in_workers
 from .geojson_parse import FeatureProblem
 from .geojson_types import GeoColumns, GeoJSONError, GeoObject, gc_paused, show
 from .geojson_vector import objects_of, placed_columns
@@ -97,9 +99,10 @@ def _features(data: Any) -> list[Any]:
     raise FeatureProblem(f"top-level type is {show(kind)}; expected FeatureCollection, Feature or a list of Features")
 
 
-def _slices(data: bytes | bytearray, size: int) -> Iterator[bytes] | None:
-    """Runs of whole features of a compact FeatureCollection, each as the text of a JSON array, or
-    ``None`` when the file is not in that layout (then it is parsed whole)."""
+def slice_bounds(data: bytes | bytearray, size: int) -> list[tuple[int, int]] | None:
+    """(start, stop) of runs of whole features of a compact FeatureCollection, about ``size`` bytes
+    each (:func:`slice_text` makes each the text of a JSON array), or ``None`` when the file is not
+    in that layout (then it is parsed whole)."""
     view = memoryview(data)
     start = 3 if data[:3] == _BOM else 0
     first = data.find(_FEATURE, start, start + 4096)
@@ -124,16 +127,20 @@ def _slices(data: bytes | bytearray, size: int) -> Iterator[bytes] | None:
             position = found + 1
         return close, close
 
-    def generate() -> Iterator[bytes]:
-        begin = first
-        while begin < close:
-            stop, following = cut_after(begin + size)
-            while stop > begin and data[stop - 1] in _WHITESPACE:
-                stop -= 1
-            yield b"".join((b"[", view[begin:stop], b"]"))
-            begin = following
+    bounds = []
+    begin = first
+    while begin < close:
+        stop, following = cut_after(begin + size)
+        while stop > begin and data[stop - 1] in _WHITESPACE:
+            stop -= 1
+        bounds.append((begin, stop))
+        begin = following
+    return bounds
 
-    return generate()
+
+def slice_text(data: bytes | bytearray | memoryview, bounds: tuple[int, int]) -> bytes:
+    """The features between ``bounds`` as the text of a JSON array."""
+    return b"".join((b"[", memoryview(data)[bounds[0] : bounds[1]], b"]"))
 
 
 def _fast(text: bytes | bytearray | memoryview) -> GeoColumns | None:
@@ -151,12 +158,31 @@ def _fast(text: bytes | bytearray | memoryview) -> GeoColumns | None:
         return None
 
 
-def _read_sliced(path: Path, slices: Iterator[bytes], skipped: list[str],
-                 convert: Callable[[Part], T]) -> list[T] | None:
-    """The converted parts of the file, a slice at a time; ``None`` if a slice is not JSON (parse it whole)."""
+def read_slice_in_worker(path: str, start: int, stop: int, stamp: tuple[int, int],
+                         pack: Callable[[GeoColumns], Any]) -> tuple[int, Any] | None:
+    """In a worker process: (feature count, ``pack`` of the columns) of the file's bytes ``start ..
+    stop``, or ``None`` when the fast path cannot read them or the file changed since the parent read it."""
+    with gc_paused(), open(path, "rb") as file:
+        if (os.fstat(file.fileno()).st_size, os.fstat(file.fileno()).st_mtime_ns) != tuple(stamp):
+            return None
+        file.seek(start)
+        fast = _fast(slice_text(file.read(stop - start), (0, stop - start)))
+        return None if fast is None else (len(fast), pack(fast))
+
+
+def _read_sliced(path: Path, data: bytes | bytearray, bounds: list[tuple[int, int]], skipped: list[str],
+                 convert: Callable[[Part], T], done: dict[int, tuple[int, T]]) -> list[T] | None:
+    """The converted parts of the file, a slice at a time; ``None`` if a slice is not JSON (parse it
+    whole). ``done`` holds (feature count, part) of slices already read (by worker processes)."""
     parts: list[T] = []
     offset = 0
-    for text in slices:
+    for number, where in enumerate(bounds):
+        if number in done:
+            count, part = done.pop(number)
+            parts.append(part)
+            offset += count
+            continue
+        text = slice_text(data, where)
         fast = _fast(text)
         if fast is not None:
             parts.append(convert(fast))
@@ -176,17 +202,22 @@ def _read_sliced(path: Path, slices: Iterator[bytes], skipped: list[str],
 
 
 def read_parts(path: str | PathLike[str], convert: Callable[[Part], T], *,
-               max_decompressed: int | None = None) -> list[T]:
+               max_decompressed: int | None = None, packing: Packing[T] | None = None) -> list[T]:
     """:func:`read_geojson`, handing each piece of the file (columns or objects, in file order) to
     ``convert`` as soon as it is read, so that a caller that keeps something smaller (the columns
-    of :class:`~.nuclei.Nuclei`) never holds all the objects at once."""
+    of :class:`~.nuclei.Nuclei`) never holds all the objects at once. With ``packing``, a large
+    plain file's slices are also read by worker processes (:mod:`.geojson_parallel`)."""
     path = Path(path)
     skipped: list[str] = []
     with gc_paused():
         try:
             raw = read_capped(path, max_decompressed)
-            slices = _slices(raw, PARSE_CHUNK)
-            parts = _read_sliced(path, slices, skipped, convert) if slices is not None else None
+            bounds = slice_bounds(raw, PARSE_CHUNK)
+            parts = None
+            if bounds is not None:
+                done = read_in_workers(path, raw, bounds, packing, convert, read_slice_in_worker, _fast, slice_text) \
+                    if packing is not None else {}
+                parts = _read_sliced(path, raw, bounds, skipped, convert, done)
             if parts is None:
                 skipped.clear()
                 fast = _fast(raw[3:] if raw[:3] == _BOM else raw)

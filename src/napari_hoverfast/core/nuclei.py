@@ -28,8 +28,9 @@ from shapely.geometry import Polygon
 
 from . import measurements as m
 from .geojson import GeoObject
+from .geojson_parallel import Packing
 from .ihc import SCORE, IhcOptions, class_names
-from .nuclei_columns import FileColumns, computed_columns
+from .nuclei_columns import FileColumns, computed_columns, pack_part
 from .nuclei_columns import per_row as _per_row
 
 #: Human-readable column names, shared by GeoJSON measurements, CSV headers and napari features.
@@ -73,6 +74,8 @@ _TAIL_COLUMNS = (
     (CENTROID_Y, "centroid_y", False), (TILE, "tile", False),
 )
 _FIXED = {name: key for name, key, _ in (*_SHAPE_COLUMNS, *_TAIL_COLUMNS)}
+#: how the columns of a large file's slices come back from the worker processes that read them
+_PACKING = Packing(pack_part, FileColumns.unpacked)
 _SHAPE_KEYS_UM = {"circularity", "solidity", "eccentricity", "max_caliper_um", "min_caliper_um", "major_axis_um", "minor_axis_um"}
 _MIN_CAPACITY = 1024
 
@@ -237,7 +240,8 @@ class Nuclei:
         straight into columns (a million nuclei in a few seconds, without a million objects at once)."""
         from .geojson_read import read_parts
 
-        return cls._from_file(FileColumns.concat(read_parts(path, FileColumns.of)), mpp, ihc)
+        parts = read_parts(path, FileColumns.of, packing=_PACKING)
+        return cls._from_file(FileColumns.concat(parts), mpp, ihc)
 
     @classmethod
     def _from_file(cls, found: FileColumns, mpp: float | None, ihc: IhcOptions | None) -> Nuclei:

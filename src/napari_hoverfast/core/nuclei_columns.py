@@ -143,6 +143,19 @@ class FileColumns:
         polygons = [max(g.geoms, key=lambda p: p.area) if isinstance(g, MultiPolygon) else g for g in geoms]
         return cls(polygons, list(classes), measurement_columns(values))
 
+    def packed(self) -> tuple[np.ndarray, tuple[np.ndarray, ...], list[str | None], dict[str, np.ndarray]]:
+        """The part as arrays that pickle fast (a worker process sends it): shapely's ragged
+        coordinates instead of pickled polygons (WKB, ~3× slower to send and rebuild)."""
+        _, coords, offsets = shapely.to_ragged_array(self.polygons)
+        return coords, offsets, self.classes, self.measurements
+
+    @classmethod
+    def unpacked(cls, packed: tuple[np.ndarray, tuple[np.ndarray, ...], list[str | None], dict[str, np.ndarray]]) -> FileColumns:
+        """The part :meth:`packed` made."""
+        coords, offsets, classes, measurements = packed
+        polygons = shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, offsets)
+        return cls(polygons.tolist(), classes, measurements)
+
     @classmethod
     def concat(cls, parts: list[FileColumns]) -> FileColumns:
         """The pieces one after another; a name some pieces lack is NaN there."""
@@ -159,3 +172,8 @@ class FileColumns:
         }
         return cls(list(chain.from_iterable(p.polygons for p in parts)),
                    list(chain.from_iterable(p.classes for p in parts)), columns)
+
+
+def pack_part(part: GeoColumns) -> tuple[np.ndarray, tuple[np.ndarray, ...], list[str | None], dict[str, np.ndarray]]:
+    """In a worker process: the fast reader's columns of a slice as :meth:`FileColumns.packed`."""
+    return FileColumns.of(part).packed()

@@ -13,7 +13,6 @@ hold the GIL against the reader).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 import time
 from collections import deque
@@ -56,7 +55,7 @@ from .tiling import (
     post_window,
 )
 from .tissue import TissueMask
-from .worker_pool import discard_worker_pool, shared_worker_pool
+from .worker_pool import UNGUARDED, discard_worker_pool, shared_worker_pool, starting_worker
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +109,8 @@ def segment_slide(
     runs the network; skipped tiles are not in ``tiles_done``). With a ``focus``, the tiles left to
     predict are re-sorted nearest to its point (level-0 px) whenever it moves.
     """
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
-        # A post-processing worker is importing a script without a __main__ guard, which called us:
-        # running here would start a second run (and race the first one's files). Fail the worker;
-        # the parent then post-processes in its own process.
-        raise RunError('napari-hoverfast called while a worker process starts: guard the script with `if __name__ == "__main__":`')
+    if starting_worker():  # fail the worker: the parent then post-processes in its own process
+        raise RunError(UNGUARDED)
     if regions is not None and not len(regions):
         raise RunError("regions is empty: give at least one box, or None for the whole slide")
     if cache_only and cache is None:

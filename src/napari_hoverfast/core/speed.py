@@ -26,6 +26,8 @@ import sys
 import torch
 from torch import nn
 
+from .worker_pool import usable_cores  # noqa: F401 - re-exported: the core plan lives here
+
 log = logging.getLogger(__name__)
 
 #: glibc ``mallopt`` parameters (malloc.h).
@@ -92,14 +94,6 @@ def fold_batch_norm(module: nn.Module) -> int:
                 child._modules[b] = nn.Identity()
                 folded += 1
     return folded
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (the affinity mask: a cluster job's share, not the machine's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def cpu_plan(cores: int, device_type: str) -> tuple[int, int]:

@@ -9,7 +9,6 @@ tile cache when there is one. Everything a post-processing worker needs is in a 
 from __future__ import annotations
 
 import queue
-import signal
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -132,11 +131,6 @@ def postprocess_tile(maps: TileMaps, work: TileWork) -> TileNuclei:
 def _largest_part(geometry: Any) -> Any:
     parts = [g for g in getattr(geometry, "geoms", [geometry]) if g.geom_type == "Polygon" and not g.is_empty]
     return max(parts, key=lambda g: g.area) if parts else None
-
-
-def ignore_interrupts() -> None:
-    """Post-processing workers leave Ctrl-C to the run, which stops them (no worker tracebacks)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def neighbours(tiles: Sequence[TileSpec]) -> dict[int, list[int]]:

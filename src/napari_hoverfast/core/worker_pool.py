@@ -1,4 +1,4 @@
-"""The post-processing process pool, started so that Ctrl-C never reaches its workers.
+"""Process pools started so that Ctrl-C never reaches their workers (post-processing, large GeoJSON reads).
 
 A terminal's Ctrl-C goes to the whole process group, workers included. Each worker ignores SIGINT
 (its initializer), but only once it has imported everything, which takes seconds (torch, shapely):
@@ -17,11 +17,33 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import os
 import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 
-from .stages import ignore_interrupts
+#: what a worker says when, starting up, it imports a script that calls the product at its top level
+UNGUARDED = 'napari-hoverfast called while a worker process starts: guard the script with `if __name__ == "__main__":`'
+
+
+def starting_worker() -> bool:
+    """True while this process is a spawned worker importing its parent's main script: a call into
+    the product then comes from a script without a ``__main__`` guard, and running it would start
+    the parent's work a second time (and race its files)."""
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
+def ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them (no worker tracebacks)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask: a cluster job's share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def start_worker_pool(workers: int) -> ProcessPoolExecutor:
