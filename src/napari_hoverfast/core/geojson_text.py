@@ -25,16 +25,25 @@ _OPEN, _CLOSE, _COMMA = ord("["), ord("]"), ord(",")
 
 
 def gather(source: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``source[starts[i] : starts[i] + lengths[i]]`` for every ``i``, concatenated (uint8)."""
-    lengths = lengths.ravel()
+    """``source[starts[i] : starts[i] + lengths[i]]`` for every ``i``, concatenated (uint8).
+
+    The source index of every output byte is a running sum that steps by one inside a piece and
+    jumps at each piece's start: one ``cumsum`` over 32-bit steps (a chunk's text is a few MB),
+    the least memory traffic numpy offers for a byte-wise gather.
+    """
+    starts, lengths = starts.ravel(), lengths.ravel()
+    used = lengths > 0
+    if not used.all():
+        starts, lengths = starts[used], lengths[used]
     if not len(lengths):
         return np.zeros(0, np.uint8)
     ends = np.cumsum(lengths)
-    # a chunk's text is a few MB: 32-bit indices halve the memory traffic of this byte-wise gather
     index = np.int32 if max(len(source), int(ends[-1])) < 2**31 else np.intp
-    shift = np.repeat((starts.ravel() - (ends - lengths)).astype(index), lengths)
-    shift += np.arange(int(ends[-1]), dtype=index)
-    return source[shift]
+    step = np.ones(int(ends[-1]), dtype=index)
+    step[0] = starts[0]
+    step[ends[:-1]] = starts[1:] - (starts[:-1] + lengths[:-1]) + 1  # from a piece's last byte to the next's first
+    np.cumsum(step, out=step)
+    return source[step]
 
 
 class _Pieces:
@@ -62,12 +71,14 @@ def _coordinate_pieces(prepared: PreparedChunk, pieces: _Pieces) -> list[tuple[A
     (nearly every nucleus) is then ``[[`` + one run of that text + ``]]``. A chunk with holes first
     assembles each polygon's rings into a text of their own.
     """
-    owner, ring_length = prepared.ring_owner, prepared.ring_length
-    xy = np.ascontiguousarray(prepared.xy[np.repeat(prepared.ring_start, ring_length) + _ragged_arange(ring_length)])
-    text = np.frombuffer(orjson.dumps(xy, option=_NUMPY), np.uint8)
-    opens = np.flatnonzero(text == _OPEN)[1:]  # one "[" per vertex, after the outer one
-    closes = np.flatnonzero(text == _CLOSE)[:-1]
+    owner, ring_start, ring_length = prepared.ring_owner, prepared.ring_start, prepared.ring_length
     vertex_at = np.cumsum(ring_length) - ring_length
+    xy = prepared.xy
+    if len(xy) != int(ring_length.sum()) or not np.array_equal(ring_start, vertex_at):  # rings left out or moved
+        xy = xy[np.repeat(ring_start, ring_length) + _ragged_arange(ring_length)]
+    text = np.frombuffer(orjson.dumps(np.ascontiguousarray(xy), option=_NUMPY), np.uint8)
+    opens = np.flatnonzero(text == _OPEN)[1:]  # one "[" per vertex, after the outer one
+    closes = np.append(opens[1:] - 2, len(text) - 2)  # "],[" between vertices, "]]" at the end
     span_start = opens[vertex_at]
     span_length = closes[vertex_at + ring_length - 1] + 1 - span_start
     first = np.ones(len(owner), bool)
