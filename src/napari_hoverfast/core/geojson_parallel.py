@@ -53,7 +53,9 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 def _workers_for(path: Path, size: int, slices: int) -> int:
     if size < PARALLEL_FROM or slices < 4 or path.name.lower().endswith(".gz"):
-        return 0  # small files, and gzip (a worker cannot seek into it)
+        # small files, and gzip: a worker cannot seek into it, and sending it slices of text would
+        # risk a hang at exit should a worker die (a pool's feeder thread blocks on a full pipe)
+        return 0
     if starting_worker():  # fail this worker: the parent then reads the file itself
         raise RuntimeError(UNGUARDED)
     return max(0, min(MOST_WORKERS, usable_cores() - 1))
