@@ -37,6 +37,7 @@ VALIDATION = {
     "monuseg_train": ["TCGA-E2-A1B5-01Z-00-DX1"],
     "consep_train": ["train_9", "train_19"],
     "tnbc": ["TNBC_07_1", "TNBC_07_2", "TNBC_07_3"],
+    "dsb2018_he": ["15039b3acccc4257a1a442646a89b6e596b5eb4531637e6d8fa1c43203722c99", "4d4f254f3b8b4408d661df3735591554b2f6587ce1952928d619b48010d55467", "87ea72894f6534b28e740cc34cf5c9eb75d0d8902687fce5fcc08a92e9f41386", "bf4a61bb81589c9a67e3343408befd3e135af5e88b50c17f998f2131d24bc271"],  # from stage 4
 }
 
 
