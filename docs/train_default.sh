@@ -59,7 +59,7 @@ if [[ $stage == all || $stage == 3 ]]; then
     --exclude "${HELD_OUT[@]}"
 fi
 if [[ $stage == all || $stage == 4 ]]; then
-  # Stage 4: a fifth set, dsb2018_he (CC0; magnification not recorded, but its median nucleus area,
+  # Stage 4 (tried, NOT the shipped model; docs/MODEL_CARD.md): a fifth set, dsb2018_he (CC0; magnification not recorded, but its median nucleus area,
   # 284 px, lies between CoNSeP's 213 and MoNuSeg's 454 at 40×, so it is used as 40×), drawn equally
   # with the other four. Fine-tunes the stage 3 model (the v2 default when stage 3 was not run here)
   # with a fresh cosine schedule that ends near the time budget (≈ 1.9 s/step on 2 bf16 cores).
@@ -70,5 +70,5 @@ if [[ $stage == all || $stage == 4 ]]; then
     --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 "${DSB_VAL[@]}" \
     --exclude "${HELD_OUT[@]}" "${DSB_HELD_OUT[@]}"
 fi
-# Then: python scripts/embed_model.py runs/stage3.pth   (the stage with the lowest validation loss;
+# Then: python scripts/embed_model.py runs/stage3.pth --marker-threshold 0.5   (the stage with the lowest validation loss;
 # float16 copy into the package + SHA-256)
