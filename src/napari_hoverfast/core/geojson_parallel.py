@@ -39,8 +39,8 @@ MOST_WORKERS = 3
 @dataclass(frozen=True)
 class Packing(Generic[T]):
     """How a part crosses from a worker: ``pack`` (module-level, run in the worker on the fast
-    path's columns) makes something cheap to pickle, ``unpack`` makes the part of it here, and
-    ``convert`` makes the part directly (for the slices this process reads)."""
+    path's columns) makes something cheap to pickle, and ``unpack`` makes the part of it here (the
+    slices this process reads go through the caller's ``convert`` directly)."""
 
     pack: Callable[[Any], Any]
     unpack: Callable[[Any], T]

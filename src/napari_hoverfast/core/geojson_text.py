@@ -85,16 +85,15 @@ def _coordinate_pieces(prepared: PreparedChunk, pieces: _Pieces) -> list[tuple[A
     first[1:] = owner[1:] != owner[:-1]
     last = np.ones(len(owner), bool)
     last[:-1] = owner[:-1] != owner[1:]
-    at_text = pieces.add(text)
-    lead = pieces.add(b"[[,[")  # "[[" before a polygon's first ring, ",[" before the others
-    tail = pieces.add(b"]]")  # "]]" after its last ring, "]" after the others
-    if first.all():
+    if first.all():  # one ring each: straight from the text into the chunk
+        at_text = pieces.add(text)
+        lead, tail = pieces.add(b"[["), pieces.add(b"]]")
         return [(lead, 2), (at_text + span_start, span_length), (tail, 2)]
     ring_pieces = _Pieces()
-    at = ring_pieces.add(text)
-    ring_lead, ring_tail = ring_pieces.add(b"[[,["), ring_pieces.add(b"]]")
-    starts = np.stack([np.where(first, ring_lead, ring_lead + 2), at + span_start,
-                       np.full(len(owner), ring_tail)], axis=1)
+    at_text = ring_pieces.add(text)
+    lead = ring_pieces.add(b"[[,[")  # "[[" before a polygon's first ring, ",[" before the others
+    tail = ring_pieces.add(b"]]")  # "]]" after its last ring, "]" after the others
+    starts = np.stack([np.where(first, lead, lead + 2), at_text + span_start, np.full(len(owner), tail)], axis=1)
     lengths = np.stack([np.full(len(owner), 2), span_length, np.where(last, 2, 1)], axis=1)
     per_polygon = np.add.reduceat(lengths.sum(axis=1), np.flatnonzero(first))
     at_polygons = pieces.add(gather(ring_pieces.buffer(), starts, lengths))

@@ -234,9 +234,13 @@ class _Ids:
     """Feature ids: the caller's (unique strings; ``None`` → a fresh UUID4) or fresh UUID4s."""
 
     def __init__(self, given: Iterable[str | None] | None):
-        self.given = given is not None
         self._given = iter(given) if given is not None else None
         self._seen: set[str] = set()  # QuPath does not notice duplicates inside a file; we refuse them
+
+    @property
+    def given(self) -> bool:
+        """Whether the caller gave ids (else every feature gets a fresh UUID4)."""
+        return self._given is not None
 
     def take(self, n: int, start: int) -> list[str]:
         if self._given is None:
