@@ -70,5 +70,16 @@ if [[ $stage == all || $stage == 4 ]]; then
     --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 "${DSB_VAL[@]}" \
     --exclude "${HELD_OUT[@]}" "${DSB_HELD_OUT[@]}"
 fi
+if [[ $stage == all || $stage == 5 ]]; then
+  # Stage 5: the four sets of v2 again (dsb2018_he cost colorectal accuracy in stage 4), a longer
+  # fine-tune of the stage 3 model (the v2 default when stage 3 was not run here) with a fresh cosine
+  # schedule at a low learning rate: stage 3 ran only 30 minutes.
+  INIT=runs/stage3.pth; [[ -f $INIT ]] || INIT=default
+  napari-hoverfast -v train "$N/gbm40" "$N/monuseg_train" "$N/consep_train" "$N/tnbc" \
+    -o runs/stage5.pth --init "$INIT" --steps 4000 --batch-size 8 --patch-size 256 --lr 2e-4 \
+    --eval-every 100 --seed 5 --precision auto --max-minutes 130 \
+    --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 \
+    --exclude "${HELD_OUT[@]}"
+fi
 # Then: python scripts/embed_model.py runs/stage3.pth --marker-threshold 0.5   (the stage with the lowest validation loss;
 # float16 copy into the package + SHA-256)

@@ -174,3 +174,44 @@ def test_output_is_checked_first_and_divergence_stops_with_an_error(two_tiles: P
         train(TrainOptions(data=(two_tiles,), output=out, config=SMALL, steps=50, batch_size=2, patch_size=64,
                            eval_every=100, device="cpu"))
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary checkpoint left behind
+
+
+def test_set_weights_give_each_set_its_share_of_the_batches(two_tiles: Path, tmp_path: Path) -> None:
+    from napari_hoverfast.core.training_data import tile_weights
+
+    other = tmp_path / "other"
+    shutil.copytree(two_tiles, other)
+    tiles = load_folder(two_tiles) + load_folder(other)
+    equal = tile_weights(tiles)
+    assert np.isclose(equal[:2].sum(), 0.5)
+    favoured = tile_weights(tiles, {"other": 3.0})
+    assert np.isclose(favoured[2:].sum(), 0.75) and np.allclose(favoured[2:] / favoured[2:].sum(), equal[2:] / equal[2:].sum())
+    # Drawn as weighted: about three of four patches come from "other".
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(tiles), size=4000, p=favoured)
+    assert 0.72 < np.mean(picks >= 2) < 0.78
+    # A short run with a weight trains; a weight for a folder not given, or not above 0, is refused.
+    out = tmp_path / "weighted.pth"
+    result = train(TrainOptions(data=(two_tiles, other), output=out, config=SMALL, steps=2, batch_size=2, patch_size=64,
+                                eval_every=1, device="cpu", precision="fp32", set_weights=(("other", 3.0),)))
+    assert result.steps_done == 2 and out.is_file()
+    with pytest.raises(ValueError, match="'consep' , which is not one of the data folders".replace(" ,", ",")):
+        TrainOptions(data=(two_tiles, other), output=out, set_weights=(("consep", 2.0),))
+    with pytest.raises(ValueError, match="must be a finite number above 0"):
+        TrainOptions(data=(two_tiles,), output=out, set_weights=(("data", 0.0),))
+    with pytest.raises(ValueError, match="one set weight"):
+        TrainOptions(data=(two_tiles,), output=out, set_weights=(("data", 1.0), ("data", 2.0)))
+
+
+def test_train_cli_refuses_a_bad_set_weight_in_words(two_tiles: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "napari_hoverfast.cli", "train", str(two_tiles), "-o", str(tmp_path / "x.pth"), "--steps", "1"]
+    bad = subprocess.run([*base, "--set-weight", "data"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "is not NAME=WEIGHT" in bad.stderr
+    bad = subprocess.run([*base, "--set-weight", "data=-1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "must be above 0" in bad.stderr
+    bad = subprocess.run([*base, "--set-weight", "tnbc=2"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "'tnbc', which is not one of the data folders (data)" in bad.stderr
+    assert not (tmp_path / "x.pth").exists()

@@ -58,6 +58,20 @@ def _rule(parse: Callable[[str], Any], check: Callable[[Any], Any]) -> Callable[
     return convert
 
 
+def _set_weight(text: str) -> tuple[str, float]:
+    """``NAME=WEIGHT``: a data folder's name and its relative share of the training batches."""
+    name, sep, weight = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=WEIGHT (a data folder's name, then its share, e.g. consep_train=2)")
+    try:
+        value = _finite(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the weight {weight!r} is not a finite number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the weight must be above 0")
+    return name, value
+
+
 def _at_least(low: float) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if not value >= low:
@@ -172,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init", default=None, metavar="CKPT|default",
                     help="fine-tune: start from these weights ('default': the embedded model) with a fresh schedule")
     tr.add_argument("--max-minutes", type=_positive_float, default=None, help="stop after this long")
+    tr.add_argument("--set-weight", type=_set_weight, nargs="+", default=(), metavar="NAME=WEIGHT",
+                    help="a data folder's relative share of the batches (others weigh 1: sets drawn equally)")
     return parser
 
 
@@ -210,6 +226,7 @@ def _run_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         init=_init_weights(args.init),
         max_minutes=args.max_minutes,
+        set_weights=tuple(args.set_weight),
     )
     with tqdm(total=options.steps, unit="step", dynamic_ncols=True) as bar:
 

@@ -59,6 +59,9 @@ class TrainOptions:
     init: Path | None = None
     augment: AugmentOptions = field(default_factory=AugmentOptions)
     max_minutes: float | None = None
+    #: (data folder name, relative share of the batches) pairs: sets not named weigh 1, so by
+    #: default every set is drawn equally. Lets a recipe favour the tissue it is meant for.
+    set_weights: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         """Refuse what would fail hours in or allocate without bound (the ranges live in limits.py,
@@ -80,6 +83,14 @@ class TrainOptions:
             raise ValueError(f"validation fraction must be from 0 to below 1, got {self.val_fraction!r}")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise ValueError(f"max minutes must be a finite number above 0, got {self.max_minutes!r}")
+        names = [Path(folder).name for folder in self.data]
+        for name, weight in self.set_weights:
+            if name not in names:
+                raise ValueError(f"set weight for {name!r}, which is not one of the data folders ({', '.join(names)})")
+            if not (math.isfinite(weight) and weight > 0):
+                raise ValueError(f"the set weight of {name!r} must be a finite number above 0, got {weight!r}")
+        if len({name for name, _ in self.set_weights}) != len(self.set_weights):
+            raise ValueError("each data folder may be given one set weight")
 
 
 @dataclass(frozen=True)
@@ -157,7 +168,8 @@ def split_tiles(
         n_val = max(1, int(round(len(tiles) * options.val_fraction))) if len(tiles) > 1 else 0
         picks = set(rng.choice(len(tiles), size=n_val, replace=False).tolist()) if n_val else set()
         val = [t for i, t in enumerate(tiles) if i in picks]
-    train = [t for t in tiles if t not in val]
+    chosen = {id(t) for t in val}  # by identity: tiles of two folders may share a name and pixels
+    train = [t for t in tiles if id(t) not in chosen]
     if not train:
         raise ValueError("No training tiles left after the validation split")
     return train, val
@@ -255,7 +267,7 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
             fraction = max(fraction, (time.perf_counter() - started) / (60 * options.max_minutes))
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(fraction, options.learning_rate)
-        x, mask, maps = _to_tensors(make_batch(train_tiles, options.batch_size, options.patch_size, rng, options.augment), device)
+        x, mask, maps = _to_tensors(make_batch(train_tiles, options.batch_size, options.patch_size, rng, options.augment, dict(options.set_weights)), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits, pred = net(x)
         loss_t, _ = hover_loss(logits, pred, mask, maps)

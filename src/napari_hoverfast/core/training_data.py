@@ -10,7 +10,7 @@ resolution drop that mimics 20× scans upsampled to the 40× working resolution.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +32,9 @@ class TrainingDataError(ValueError):
     """A training folder that cannot be read; the message names the file."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AnnotatedTile:
-    """One image with its instance labels."""
+    """One image with its instance labels (compared by identity: its fields are arrays)."""
 
     name: str
     image: np.ndarray  # H×W×3 uint8
@@ -184,22 +184,26 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(buffer), dtype=np.float64) / 255.0
 
 
-def tile_weights(tiles: Sequence[AnnotatedTile]) -> np.ndarray:
-    """Sampling probability per tile: each source (data set) equally, tiles of a set by area."""
+def tile_weights(tiles: Sequence[AnnotatedTile], set_weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """Sampling probability per tile: each source (data set) equally unless ``set_weights`` gives a
+    set's share (relative; sets not named weigh 1), tiles of a set by area."""
     areas = np.array([t.labels.size for t in tiles], dtype=np.float64)
     sources = [t.source for t in tiles]
     weights = np.empty_like(areas)
     for source in set(sources):
         members = np.array([s == source for s in sources])
-        weights[members] = areas[members] / areas[members].sum()
+        share = 1.0 if set_weights is None else float(set_weights.get(source, 1.0))
+        weights[members] = share * areas[members] / areas[members].sum()
     return weights / weights.sum()
 
 
 def make_batch(
-    tiles: Sequence[AnnotatedTile], batch_size: int, size: int, rng: np.random.Generator, opts: AugmentOptions | None = None
+    tiles: Sequence[AnnotatedTile], batch_size: int, size: int, rng: np.random.Generator, opts: AugmentOptions | None = None,
+    set_weights: Mapping[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images N×3×S×S, nucleus masks N×S×S (int64) and HV maps N×2×S×S; sets drawn equally (`tile_weights`)."""
-    picks = rng.choice(len(tiles), size=batch_size, p=tile_weights(tiles))
+    """Images N×3×S×S, nucleus masks N×S×S (int64) and HV maps N×2×S×S; sets drawn equally or by
+    ``set_weights`` (`tile_weights`)."""
+    picks = rng.choice(len(tiles), size=batch_size, p=tile_weights(tiles, set_weights))
     images, masks, maps = [], [], []
     for index in picks:
         image, labels = sample_patch(tiles[index], size, rng, opts)
