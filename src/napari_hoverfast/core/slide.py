@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .resample import EPS, Axis, resample
-from .slide_formats import PLAUSIBLE_MPP, SlideError, open_file
+from .slide_formats import SlideError, open_file
+from .slide_metadata import PLAUSIBLE_MPP
 
 if TYPE_CHECKING:
     import dask.array as da

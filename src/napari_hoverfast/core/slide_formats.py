@@ -18,20 +18,17 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from xml.etree import ElementTree
 
 import numpy as np
 
 from .resample import EPS
+from .slide_metadata import ome_pixel_size, plausible_mpp, plausible_objective, tiff_tags_mpp
 
 if TYPE_CHECKING:
     import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
-#: Pixel sizes (µm) a microscope scan can have; resolution tags outside this range are a DPI default
-#: written by an image editor (72 dpi is 353 µm/px), not a measurement, and are ignored.
-PLAUSIBLE_MPP = (0.01, 50.0)
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _UNSUPPORTED = {
@@ -86,20 +83,6 @@ def _to_rgb(arr: np.ndarray) -> npt.NDArray[np.uint8]:
         return arr
     return np.ascontiguousarray(arr[:, :, :3])
 
-
-
-def _plausible_mpp(value: Any, source: str, name: str) -> float | None:
-    try:
-        mpp = float(value)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(mpp) or mpp <= 0:
-        return None
-    lo, hi = PLAUSIBLE_MPP
-    if not lo <= mpp <= hi:
-        log.info("%s: ignoring %s of %.4g µm/px (not a microscope pixel size)", name, source, mpp)
-        return None
-    return mpp
 
 
 class TiffBackend:
@@ -265,7 +248,7 @@ def _read_picture(path: Path, head: bytes) -> tuple[npt.NDArray[np.uint8], float
         raise SlideError(f"{path.name} cannot be decoded; is it truncated or corrupt? ({exc})") from None
     mpp = None
     if dpi and dpi[0]:
-        mpp = _plausible_mpp(25400.0 / float(dpi[0]), "the image resolution", path.name)
+        mpp = plausible_mpp(25400.0 / float(dpi[0]), "the image resolution", path.name)
     return rgb, mpp
 
 
@@ -291,35 +274,6 @@ def _read_tiff_plainly(path: Path, reason: BaseException) -> npt.NDArray[np.uint
         raise
     except Exception as exc:
         raise SlideError(f"{path.name}: a TIFF that cannot be read ({exc})") from reason
-
-
-def _ome_pixel_size(xml: str) -> tuple[float | None, float | None]:
-    """``PhysicalSizeX`` in µm and the objective's nominal magnification from OME-XML."""
-    to_um = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "nm": 1e-3, "Å": 1e-4}
-    try:
-        root = ElementTree.fromstring(xml)  # noqa: S314 - metadata of a local file
-    except ElementTree.ParseError:
-        return None, None
-    mpp = magnification = None
-    for element in root.iter():
-        tag = element.tag.rsplit("}", 1)[-1]
-        if tag == "Pixels" and mpp is None and "PhysicalSizeX" in element.attrib:
-            unit = element.attrib.get("PhysicalSizeXUnit", "µm")
-            if unit in to_um:
-                mpp = float(element.attrib["PhysicalSizeX"]) * to_um[unit]
-        elif tag == "Objective" and magnification is None:
-            value = element.attrib.get("NominalMagnification")
-            magnification = float(value) if value else None
-    return mpp, magnification
-
-
-def _plausible_objective(value: Any) -> float | None:
-    try:
-        power = float(value)
-    except (TypeError, ValueError):
-        return None
-    return power if math.isfinite(power) and 0 < power <= 200 else None
-
 
 
 @dataclass
@@ -350,7 +304,7 @@ def _open_tiff(path: Path) -> OpenedFile:
     except SlideError as exc:
         raise SlideError(f"{name}: {exc}") from None
     except NotImplementedError as exc:
-        return OpenedFile(ArrayBackend(_read_tiff_plainly(path, exc)), _tiff_tags_mpp(path))
+        return OpenedFile(ArrayBackend(_read_tiff_plainly(path, exc)), tiff_tags_mpp(path))
     except (TiffFileError, ValueError, KeyError, IndexError, OSError, AssertionError) as exc:
         raise SlideError(f"{name} starts like a TIFF but cannot be read; is it truncated or corrupt? ({exc})") from None
     try:
@@ -366,17 +320,17 @@ def _tiff_metadata(backend: TiffBackend, name: str) -> OpenedFile:
     props = backend.properties
     tf = backend.tifffile
     vendor = str(props.get("tiffslide.vendor") or ("ome" if tf.is_ome else "generic-tiff"))
-    mpp_x = _plausible_mpp(props.get("tiffslide.mpp-x"), "the slide's pixel size", name)
-    mpp_y = _plausible_mpp(props.get("tiffslide.mpp-y"), "the slide's pixel size", name)
+    mpp_x = plausible_mpp(props.get("tiffslide.mpp-x"), "the slide's pixel size", name)
+    mpp_y = plausible_mpp(props.get("tiffslide.mpp-y"), "the slide's pixel size", name)
     mpp = mpp_x if mpp_y is None else mpp_y if mpp_x is None else (mpp_x + mpp_y) / 2
     if mpp_x and mpp_y and mpp and abs(mpp_x - mpp_y) > 0.01 * mpp:
         log.warning("%s has non-square pixels (%.4g × %.4g µm); using %.4g", name, mpp_x, mpp_y, mpp)
-    objective = _plausible_objective(props.get("tiffslide.objective-power"))
+    objective = plausible_objective(props.get("tiffslide.objective-power"))
     if tf.is_ome and tf.ome_metadata:
-        ome_mpp, ome_mag = _ome_pixel_size(tf.ome_metadata)
-        ome_mpp = _plausible_mpp(ome_mpp, "the OME pixel size", name)
+        ome_mpp, ome_mag = ome_pixel_size(tf.ome_metadata)
+        ome_mpp = plausible_mpp(ome_mpp, "the OME pixel size", name)
         mpp = ome_mpp if ome_mpp is not None else mpp
-        objective = objective if objective is not None else _plausible_objective(ome_mag)
+        objective = objective if objective is not None else plausible_objective(ome_mag)
     return OpenedFile(backend, mpp, vendor, props, objective)
 
 
@@ -404,19 +358,3 @@ def _bounded(backend: TiffBackend, name: str) -> Backend:
         raise SlideError(f"{name}: cannot decode its image ({type(exc).__name__}: {exc}); is it truncated or corrupt?") from None
     backend.close()
     return ArrayBackend(rgb)
-
-
-def _tiff_tags_mpp(path: Path) -> float | None:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tf:
-            tags = tf.pages.first.tags
-            unit = tags["ResolutionUnit"].value
-            xres = tags["XResolution"].value
-    except Exception:
-        return None
-    scale = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}.get(int(unit))
-    if scale is None or not xres[0]:
-        return None
-    return _plausible_mpp(scale * xres[1] / xres[0], "the TIFF resolution", path.name)
