@@ -81,5 +81,17 @@ if [[ $stage == all || $stage == 5 ]]; then
     --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 \
     --exclude "${HELD_OUT[@]}"
 fi
+if [[ $stage == all || $stage == 6 ]]; then
+  # Stage 6: the four sets of v2, the two goal sets (multi-organ TCGA, colorectal) drawn twice as
+  # often as glioblastoma and breast, fine-tuned from the stage 3 model (the v2 default when stage 3
+  # was not run here) with a fresh cosine schedule sized to end near the time budget.
+  INIT=runs/stage3.pth; [[ -f $INIT ]] || INIT=default
+  napari-hoverfast -v train "$N/gbm40" "$N/monuseg_train" "$N/consep_train" "$N/tnbc" \
+    --set-weight monuseg_train=2 consep_train=2 \
+    -o runs/stage6.pth --init "$INIT" --steps 3300 --batch-size 8 --patch-size 256 --lr 2e-4 \
+    --eval-every 100 --seed 6 --precision auto --max-minutes 115 \
+    --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 \
+    --exclude "${HELD_OUT[@]}"
+fi
 # Then: python scripts/embed_model.py runs/stage3.pth --marker-threshold 0.5   (the stage with the lowest validation loss;
 # float16 copy into the package + SHA-256)

@@ -187,7 +187,8 @@ class _Measurements:
             raise ValueError(f"measurements has fewer items than polygons ({self._length})")
         return np.stack([c[start : start + n] for c in self._columns], axis=1)  # one chunk: bounded memory
 
-    def take(self, n: int, start: int) -> list[dict[str, float] | None]:
+    def take(self, n: int, start: int, block: np.ndarray | None = None) -> list[dict[str, float] | None]:
+        """One dict (or None) per feature; ``block`` is this chunk's :meth:`block` when already stacked."""
         if not self.given:
             return [None] * n
         if self._rows is not None:
@@ -198,7 +199,8 @@ class _Measurements:
                     raise ValueError(f"measurements has fewer items than polygons ({start + i})")
                 out.append(None if values is None else _row_dict(values, start + i))
             return out
-        block = self.block(n, start)
+        if block is None:
+            block = self.block(n, start)
         rows = block.tolist()
         names = self._names
         finite = np.isfinite(block).all(axis=1)
@@ -291,11 +293,11 @@ def _take(ids: _Ids, classes: _Classes, values: _Measurements, n: int, start: in
     """The chunk's ids, classes and measurements: arrays for the spliced path when the ids are fresh
     and the measurements finite columns (the product's own exports), else per-feature objects."""
     names = values.names
+    block = values.block(n, start) if names is not None else None
     if not ids.given and (names is not None or not values.given):
-        block = values.block(n, start) if names is not None else None
         if block is None or np.isfinite(block).all():
             return ("arrays", uuid4_chars(n), classes.texts, classes.take_index(n, start), names, block)
-    return ("dicts", ids.take(n, start), classes.take(n, start), values.take(n, start))
+    return ("dicts", ids.take(n, start), classes.take(n, start), values.take(n, start, block))
 
 
 def _serialise(chunk: list[Any], start: int, path: Path, object_type: str, taken: _Taken) -> tuple[bytes, PreparedChunk]:
