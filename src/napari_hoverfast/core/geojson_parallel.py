@@ -46,6 +46,18 @@ class Packing(Generic[T]):
     unpack: Callable[[Any], T]
 
 
+@dataclass(frozen=True)
+class SliceParser:
+    """The reader's own ways of parsing a slice, handed in (``geojson_read`` imports this module):
+    ``in_worker(path, start, stop, stamp, pack)`` runs in a worker and checks the file's stamp,
+    ``here(text)`` is the fast path in this process (None: refused), and ``text(data, bounds)``
+    cuts one slice out of the file's bytes as a JSON array."""
+
+    in_worker: Callable[..., tuple[int, Any] | None]
+    here: Callable[[bytes], Any | None]
+    text: Callable[[bytes | bytearray, tuple[int, int]], bytes]
+
+
 def _stamp(path: Path) -> tuple[int, int]:
     info = os.stat(path)
     return info.st_size, info.st_mtime_ns
@@ -61,12 +73,11 @@ def _workers_for(path: Path, size: int, slices: int) -> int:
     return max(0, min(MOST_WORKERS, usable_cores() - 1))
 
 
-def read_in_workers(path: Path, data: bytes | bytearray, bounds: list[tuple[int, int]], packing: Packing[T],
-                    convert: Callable[[Any], T], parse_slice: Callable[..., tuple[int, Any] | None],
-                    parse_here: Callable[[bytes], Any | None], slice_text: Callable[..., bytes]) -> dict[int, tuple[int, T]]:
+def read_in_workers(path: Path, data: bytes | bytearray, bounds: list[tuple[int, int]], parser: SliceParser,
+                    packing: Packing[T], convert: Callable[[Any], T]) -> dict[int, tuple[int, T]]:
     """{slice number: (feature count, part)} for the slices read by workers or by this process's
-    share; slices left out are for the caller to read in order. ``parse_slice(path, start, stop,
-    stamp, pack)`` runs in a worker; ``parse_here(text)`` is the fast path in this process."""
+    share (``convert`` makes this process's parts); slices left out are for the caller to read in
+    order."""
     workers = _workers_for(path, len(data), len(bounds))
     if not workers:
         return {}
@@ -80,11 +91,11 @@ def read_in_workers(path: Path, data: bytes | bytearray, bounds: list[tuple[int,
     mine = len(bounds)  # slices from here on are this process's
     try:
         futures: list[Future[tuple[int, Any] | None]] = [
-            pool.submit(parse_slice, str(path), start, stop, stamp, packing.pack) for start, stop in bounds
+            pool.submit(parser.in_worker, str(path), start, stop, stamp, packing.pack) for start, stop in bounds
         ]
         while mine > 0 and futures[mine - 1].cancel():  # a slice no worker has begun: read it here
             mine -= 1
-            fast = parse_here(slice_text(data, bounds[mine]))
+            fast = parser.here(parser.text(data, bounds[mine]))
             if fast is not None:
                 done[mine] = (len(fast), convert(fast))
         for number in range(mine):

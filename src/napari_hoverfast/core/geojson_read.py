@@ -30,7 +30,7 @@ import orjson
 from . import geojson_parse as parse
 from .geojson_coords import split_coordinates
 from .geojson_file import read_capped
-from .geojson_parallel import Packing, read_in_workers
+from .geojson_parallel import Packing, SliceParser, read_in_workers
 from .geojson_parse import FeatureProblem
 from .geojson_types import GeoColumns, GeoJSONError, GeoObject, gc_paused, show
 from .geojson_vector import objects_of, placed_columns
@@ -170,6 +170,10 @@ def read_slice_in_worker(path: str, start: int, stop: int, stamp: tuple[int, int
         return None if fast is None else (len(fast), pack(fast))
 
 
+#: how :mod:`.geojson_parallel` parses this reader's slices (module-level: workers unpickle it by name)
+_SLICE_PARSER = SliceParser(read_slice_in_worker, _fast, slice_text)
+
+
 def _read_sliced(path: Path, data: bytes | bytearray, bounds: list[tuple[int, int]], skipped: list[str],
                  convert: Callable[[Part], T], done: dict[int, tuple[int, T]]) -> list[T] | None:
     """The converted parts of the file, a slice at a time; ``None`` if a slice is not JSON (parse it
@@ -215,7 +219,7 @@ def read_parts(path: str | PathLike[str], convert: Callable[[Part], T], *,
             bounds = slice_bounds(raw, PARSE_CHUNK)
             parts = None
             if bounds is not None:
-                done = read_in_workers(path, raw, bounds, packing, convert, read_slice_in_worker, _fast, slice_text) \
+                done = read_in_workers(path, raw, bounds, _SLICE_PARSER, packing, convert) \
                     if packing is not None else {}
                 parts = _read_sliced(path, raw, bounds, skipped, convert, done)
             if parts is None:

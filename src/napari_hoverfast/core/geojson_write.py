@@ -294,9 +294,9 @@ def _take(ids: _Ids, classes: _Classes, values: _Measurements, n: int, start: in
     and the measurements finite columns (the product's own exports), else per-feature objects."""
     names = values.names
     block = values.block(n, start) if names is not None else None
-    if not ids.given and (names is not None or not values.given):
-        if block is None or np.isfinite(block).all():
-            return ("arrays", uuid4_chars(n), classes.texts, classes.take_index(n, start), names, block)
+    spliced = not ids.given and (names is not None or not values.given)
+    if spliced and (block is None or np.isfinite(block).all()):
+        return ("arrays", uuid4_chars(n), classes.texts, classes.take_index(n, start), names, block)
     return ("dicts", ids.take(n, start), classes.take(n, start), values.take(n, start, block))
 
 
