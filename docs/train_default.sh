@@ -71,7 +71,7 @@ if [[ $stage == all || $stage == 4 ]]; then
     --exclude "${HELD_OUT[@]}" "${DSB_HELD_OUT[@]}"
 fi
 if [[ $stage == all || $stage == 5 ]]; then
-  # Stage 5: the four sets of v2 again (dsb2018_he cost colorectal accuracy in stage 4), a longer
+  # Stage 5 (stopped at step 800 when its session ended; not evaluated): the four sets of v2 again (dsb2018_he cost colorectal accuracy in stage 4), a longer
   # fine-tune of the stage 3 model (the v2 default when stage 3 was not run here) with a fresh cosine
   # schedule at a low learning rate: stage 3 ran only 30 minutes.
   INIT=runs/stage3.pth; [[ -f $INIT ]] || INIT=default
@@ -82,7 +82,7 @@ if [[ $stage == all || $stage == 5 ]]; then
     --exclude "${HELD_OUT[@]}"
 fi
 if [[ $stage == all || $stage == 6 ]]; then
-  # Stage 6: the four sets of v2, the two goal sets (multi-organ TCGA, colorectal) drawn twice as
+  # Stage 6 (tried, NOT the shipped model; docs/MODEL_CARD.md): the four sets of v2, the two goal sets (multi-organ TCGA, colorectal) drawn twice as
   # often as glioblastoma and breast, fine-tuned from the stage 3 model (the v2 default when stage 3
   # was not run here) with a fresh cosine schedule sized to end near the time budget.
   INIT=runs/stage3.pth; [[ -f $INIT ]] || INIT=default
