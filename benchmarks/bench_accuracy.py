@@ -1,11 +1,13 @@
 """Accuracy of a model on held-out annotated tiles: detection F1 (IoU > 0.5), PQ and pixel Dice, per image.
 
     python benchmarks/bench_accuracy.py [--model PTH] [--shared ../shared] [--precision fp32 bf16]
-        [--sets gbm40 consep_train] [--skip-20x]
+        [--sets gbm40 consep_train] [--skip-20x] [--tta] [--marker-threshold 0.5]
 
 With two precisions, every image is scored with both and the set means are printed side by side
 (bf16 autocast is kept as the CPU default only within 0.005 PQ of fp32). ``--tta`` scores each
-precision again with test-time flips (``RunOptions.tta``) and prints the gap the same way.
+precision again with test-time flips (``RunOptions.tta``) and prints the gap the same way. A
+checkpoint from ``train`` records no marker threshold, so it runs with upstream's 0.4 unless
+``--marker-threshold`` gives the one it would ship with (``scripts/embed_model.py`` records it).
 
 Runs the whole product path (slide reader → tiled inference → watershed → polygons) on each held-out
 tile at 40×, and again at a simulated 20× (the tile downsampled ×2 and given mpp 0.5, so the engine
@@ -75,11 +77,14 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(HOLDOUT), choices=list(HOLDOUT))
     parser.add_argument("--skip-20x", action="store_true")
     parser.add_argument("--tta", action="store_true", help="also score every precision with test-time flips")
+    parser.add_argument("--marker-threshold", type=float, default=None,
+                        help="watershed marker threshold (default: the checkpoint's own, upstream's 0.4 when it records none)")
     args = parser.parse_args()
     model = load_model(args.model, device="cpu")
-    runs = {p: RunOptions(workers=0, precision=p) for p in args.precision}
+    marker = args.marker_threshold
+    runs = {p: RunOptions(workers=0, precision=p, marker_threshold=marker) for p in args.precision}
     if args.tta:
-        runs.update({f"{p}+tta": RunOptions(workers=0, precision=p, tta=True) for p in args.precision})
+        runs.update({f"{p}+tta": RunOptions(workers=0, precision=p, tta=True, marker_threshold=marker) for p in args.precision})
     options = runs[args.precision[0]]
     variants = list(runs)
     print(f"model: {model.source} ({model.describe()})")
