@@ -215,3 +215,51 @@ def test_train_cli_refuses_a_bad_set_weight_in_words(two_tiles: Path, tmp_path: 
     bad = subprocess.run([*base, "--set-weight", "tnbc=2"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "'tnbc', which is not one of the data folders (data)" in bad.stderr
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_validation_pq_scores_the_product_nuclei_of_whole_tiles(two_tiles: Path) -> None:
+    """The embedded model finds the nuclei of real glioblastoma tiles (PQ as in bench_accuracy);
+    an untrained network finds none that match."""
+    from napari_hoverfast.core.default_model import has_default_model, load_model
+    from napari_hoverfast.core.train_select import validation_pq
+
+    if not has_default_model():
+        pytest.skip("no embedded default model")
+    tiles = load_folder(two_tiles)
+    model = load_model(None, device="cpu")
+    good = validation_pq(model.net, tiles, model.config.multiple, torch.device("cpu"), bf16=False)
+    torch.manual_seed(0)
+    untrained = HoverFastNet(SMALL)
+    bad = validation_pq(untrained, tiles, SMALL.multiple, torch.device("cpu"), bf16=False)
+    assert good > 0.6 and bad < 0.1, (good, bad)
+
+
+def test_select_pq_keeps_the_checkpoint_with_the_best_validation_pq(two_tiles: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from napari_hoverfast.core.default_model import default_model_path, has_default_model
+
+    if not has_default_model():
+        pytest.skip("no embedded default model")
+    out = tmp_path / "pq.pth"
+    options = TrainOptions(data=(two_tiles,), output=out, steps=3, batch_size=2, patch_size=64, learning_rate=3e-3,
+                           eval_every=1, val_names=("gbm_02",), seed=0, device="cpu", precision="fp32",
+                           init=default_model_path(), select="pq")
+    seen: list[tuple[int, float | None, float]] = []
+    result = train(options, on_progress=lambda p: seen.append((p.step, p.val_pq, p.best_val_loss)))
+    assert all(pq is not None for _, pq, _ in seen)
+    step, best_pq, loss = max(seen, key=lambda s: (s[1], -s[0]))  # the first step with the highest PQ
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["epoch"] == step and ckpt["best_val_pq"] == pytest.approx(best_pq)
+    assert result.best_val_pq == pytest.approx(best_pq) and result.best_val_loss == pytest.approx(loss)
+    assert ckpt["best_loss_on_test"] == pytest.approx(loss)  # upstream's field keeps the kept checkpoint's loss
+    with pytest.raises(ValueError, match="select must be"):
+        TrainOptions(data=(two_tiles,), output=out, select="f1")  # type: ignore[arg-type]
+
+    cli = subprocess.run([sys.executable, "-m", "napari_hoverfast.cli", "train", str(two_tiles), "-o", str(tmp_path / "c.pth"),
+                          "--init", "default", "--steps", "1", "--batch-size", "1", "--patch-size", "64", "--eval-every", "1",
+                          "--device", "cpu", "--precision", "fp32", "--val", "gbm_02", "--select", "pq"],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert "kept for its validation PQ 0." in cli.stdout and (tmp_path / "c.pth").is_file()

@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-minutes", type=_positive_float, default=None, help="stop after this long")
     tr.add_argument("--set-weight", type=_set_weight, nargs="+", default=(), metavar="NAME=WEIGHT",
                     help="a data folder's relative share of the batches (others weigh 1: sets drawn equally)")
+    tr.add_argument("--select", choices=("loss", "pq"), default="loss",
+                    help="keep the checkpoint with the lowest validation loss (upstream's rule) or the highest "
+                         "validation PQ through the product's post-processing (each evaluation about 1 s per 1000² validation tile on 2 bf16 cores)")
     return parser
 
 
@@ -227,19 +230,25 @@ def _run_train(args: argparse.Namespace) -> int:
         init=_init_weights(args.init),
         max_minutes=args.max_minutes,
         set_weights=tuple(args.set_weight),
+        select=args.select,
     )
     with tqdm(total=options.steps, unit="step", dynamic_ncols=True) as bar:
 
         def show(p):  # type: ignore[no-untyped-def]
             bar.n = p.step
-            bar.set_postfix(loss=f"{p.loss:.3f}", best_val=f"{p.best_val_loss:.3f}")
+            if p.best_val_pq is None:
+                bar.set_postfix(loss=f"{p.loss:.3f}", best_val=f"{p.best_val_loss:.3f}")
+            else:
+                bar.set_postfix(loss=f"{p.loss:.3f}", best_pq=f"{p.best_val_pq:.3f}")
             bar.refresh()
 
         result = train(options, on_progress=show)
     wrote = f"wrote {result.output}" if Path(result.output).is_file() else "no checkpoint was written"
     print(
         f"trained {result.steps_done} steps in {result.seconds:.0f} s on {len(result.train_names)} tiles; "
-        f"best validation loss {result.best_val_loss:.4f}; {wrote}"
+        f"best validation loss {result.best_val_loss:.4f}"
+        + ("" if result.best_val_pq is None else f" (kept for its validation PQ {result.best_val_pq:.4f})")
+        + f"; {wrote}"
     )
     return 0
 

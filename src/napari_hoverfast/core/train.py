@@ -29,6 +29,7 @@ from .limits import (
     check_patch_size,
 )
 from .model import HoverFastNet, ModelConfig, read_checkpoint, save_checkpoint
+from .train_select import validation_pq
 from .training_data import AnnotatedTile, AugmentOptions, load_folder, make_batch
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ class TrainOptions:
     #: (data folder name, relative share of the batches) pairs: sets not named weigh 1, so by
     #: default every set is drawn equally. Lets a recipe favour the tissue it is meant for.
     set_weights: tuple[tuple[str, float], ...] = ()
+    #: What picks the checkpoint kept at ``output``: the validation loss (upstream's rule) or the
+    #: validation tiles' panoptic quality through the product's post-processing (``train_select``).
+    select: Literal["loss", "pq"] = "loss"
 
     def __post_init__(self) -> None:
         """Refuse what would fail hours in or allocate without bound (the ranges live in limits.py,
@@ -91,6 +95,8 @@ class TrainOptions:
                 raise ValueError(f"the set weight of {name!r} must be a finite number above 0, got {weight!r}")
         if len({name for name, _ in self.set_weights}) != len(self.set_weights):
             raise ValueError("each data folder may be given one set weight")
+        if self.select not in ("loss", "pq"):
+            raise ValueError(f"select must be 'loss' or 'pq', got {self.select!r}")
 
 
 @dataclass(frozen=True)
@@ -101,16 +107,21 @@ class TrainProgress:
     val_loss: float | None
     best_val_loss: float
     seconds: float
+    #: Validation PQ at this step and of the kept checkpoint (``select="pq"`` only).
+    val_pq: float | None = None
+    best_val_pq: float | None = None
 
 
 @dataclass(frozen=True)
 class TrainResult:
     output: Path
+    #: The validation loss of the kept checkpoint (with ``select="pq"``: of the best-PQ one).
     best_val_loss: float
     steps_done: int
     seconds: float
     train_names: tuple[str, ...]
     val_names: tuple[str, ...]
+    best_val_pq: float | None = None
 
 
 def _sobel_kernels(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,7 +213,8 @@ def _lr_at(fraction: float, base: float) -> float:
 
 
 def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainResult]:
-    """Train, yielding progress after every step; the best checkpoint (by validation loss) is kept.
+    """Train, yielding progress after every step; the best checkpoint (by validation loss, or by
+    validation PQ with ``select="pq"``) is kept.
 
     A generator so the CLI can show a bar and a caller can stop between steps, keeping the best
     checkpoint written so far.
@@ -220,7 +232,8 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
 
     config = options.config
     start_step = 0
-    best = float("inf")
+    best = float("inf")  # validation loss of the kept checkpoint
+    best_pq: float | None = None  # its validation PQ, when PQ selects
     ckpt = None
     resuming = options.resume is not None
     if resuming and options.init is not None:
@@ -233,6 +246,8 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
         if resuming:
             start_step = int(ckpt.get("epoch", 0))
             best = float(ckpt.get("best_loss_on_test", float("inf")))
+            if options.select == "pq" and isinstance(ckpt.get("best_val_pq"), (int, float)):
+                best_pq = float(ckpt["best_val_pq"])
     net = HoverFastNet(config).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     if ckpt is not None:
@@ -242,7 +257,10 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
                 optimizer.load_state_dict(ckpt["optim_dict"])
             rng = np.random.default_rng(options.seed + start_step)
     val = _val_batches(val_tiles, options.patch_size, options.seed) if val_tiles else []
-    meta = {"train_tiles": [t.name for t in train_tiles], "val_tiles": [t.name for t in val_tiles]}
+    meta: dict[str, object] = {"train_tiles": [t.name for t in train_tiles], "val_tiles": [t.name for t in val_tiles]}
+    by_pq = options.select == "pq" and bool(val_tiles)
+    if options.select == "pq" and not val_tiles:
+        log.warning("No validation tiles: the checkpoint is kept by training loss, not PQ")
     started = time.perf_counter()
     latest = Path(options.output).with_name(Path(options.output).stem + ".last.pth")
 
@@ -280,23 +298,33 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
                 f"training diverged at step {step + 1}: the loss is {loss}; lower the learning rate (--lr)"
                 + ("" if best == float("inf") else f"; the best checkpoint so far is {options.output}")
             )
-        val_loss = None
+        val_loss = val_pq = None
         done = step + 1
         out_of_time = options.max_minutes is not None and time.perf_counter() - started > 60 * options.max_minutes
         if done % options.eval_every == 0 or done == options.steps or out_of_time:
             val_loss = evaluate() if val else loss
-            if val_loss < best:
-                best = val_loss
+            if by_pq:
+                val_pq = validation_pq(net, val_tiles, config.multiple, device, bf16)
+                net.train()
+            improved = (best_pq is None or val_pq > best_pq) if val_pq is not None else val_loss < best
+            if improved:
+                best, best_pq = val_loss, val_pq
+                if best_pq is not None:
+                    meta["best_val_pq"] = best_pq
                 save_checkpoint(options.output, net, optimizer=optimizer, epoch=done, best_loss=best, extra=meta)
             save_checkpoint(latest, net, optimizer=optimizer, epoch=done, best_loss=best, extra=meta)
-            log.info("step %d: loss %.4f, val %.4f (best %.4f)", done, loss, val_loss, best)
-        yield TrainProgress(done, options.steps, loss, val_loss, best, time.perf_counter() - started)
+            if val_pq is None:
+                log.info("step %d: loss %.4f, val %.4f (best %.4f)", done, loss, val_loss, best)
+            else:
+                log.info("step %d: loss %.4f, val %.4f, val PQ %.4f (best PQ %.4f)", done, loss, val_loss, val_pq, best_pq)
+        yield TrainProgress(done, options.steps, loss, val_loss, best, time.perf_counter() - started, val_pq, best_pq)
         if out_of_time:
             log.info("Stopping after %.1f minutes (max_minutes)", options.max_minutes)
             break
     return TrainResult(
         output=Path(options.output),
         best_val_loss=best,
+        best_val_pq=best_pq,
         steps_done=done if options.steps > start_step else start_step,
         seconds=time.perf_counter() - started,
         train_names=tuple(meta["train_tiles"]),
