@@ -93,5 +93,16 @@ if [[ $stage == all || $stage == 6 ]]; then
     --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 \
     --exclude "${HELD_OUT[@]}"
 fi
+if [[ $stage == all || $stage == 7 ]]; then
+  # Stage 7: the four sets of v2 drawn equally, fine-tuned from the stage 3 model (the v2 default
+  # when stage 3 was not run here), the checkpoint kept by validation PQ (--select pq) instead of
+  # validation loss, which did not predict PQ in stage 6.
+  INIT=runs/stage3.pth; [[ -f $INIT ]] || INIT=default
+  napari-hoverfast -v train "$N/gbm40" "$N/monuseg_train" "$N/consep_train" "$N/tnbc" \
+    -o runs/stage7.pth --init "$INIT" --steps 1600 --batch-size 8 --patch-size 256 --lr 2e-4 \
+    --eval-every 100 --seed 7 --precision auto --max-minutes 42 --select pq \
+    --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 \
+    --exclude "${HELD_OUT[@]}"
+fi
 # Then: python scripts/embed_model.py runs/stage3.pth --marker-threshold 0.5   (the stage with the lowest validation loss;
 # float16 copy into the package + SHA-256)
