@@ -94,7 +94,7 @@ if [[ $stage == all || $stage == 6 ]]; then
     --exclude "${HELD_OUT[@]}"
 fi
 if [[ $stage == all || $stage == 7 ]]; then
-  # Stage 7: the four sets of v2 drawn equally, fine-tuned from the stage 3 model (the v2 default
+  # Stage 7 (tried, NOT the shipped model; docs/MODEL_CARD.md): the four sets of v2 drawn equally, fine-tuned from the stage 3 model (the v2 default
   # when stage 3 was not run here), the checkpoint kept by validation PQ (--select pq) instead of
   # validation loss, which did not predict PQ in stage 6.
   INIT=runs/stage3.pth; [[ -f $INIT ]] || INIT=default
