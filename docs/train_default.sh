@@ -12,6 +12,8 @@ HELD_OUT=(gbm_06 gbm_13 gbm_20 gbm_27 gbm_34 gbm_40
           TCGA-21-5786-01Z-00-DX1 TCGA-AR-A1AS-01Z-00-DX1 TCGA-B0-5711-01Z-00-DX1
           train_5 train_14 train_23
           TNBC_10_1 TNBC_10_2 TNBC_10_3 TNBC_10_4 TNBC_11_1 TNBC_11_2 TNBC_11_3)
+# Validation (model selection) from stage 2 on: whole images of every set, never trained on.
+VAL=(gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3)
 # dsb2018_he (used from stage 4): every 14th tile by name held out, four others for validation.
 DSB_HELD_OUT=(0bf33d3db4282d918ec3da7112d0bf0427d4eafe74b3ee0bb419770eefe8d7d6
               24a20f2a529cede5695df2422a3986505b5826bb10b10781d6db2074cf3de7b3
@@ -45,7 +47,7 @@ if [[ $stage == all || $stage == 2 ]]; then
   napari-hoverfast -v train "$N/gbm40" "$N/monuseg_train" "$N/consep_train" "$N/tnbc" \
     -o runs/stage2.pth --init "$INIT" --steps 20000 --batch-size 8 --patch-size 256 --lr 5e-4 \
     --eval-every 100 --seed 1 --precision auto --max-minutes 100 \
-    --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 \
+    --val "${VAL[@]}" \
     --exclude "${HELD_OUT[@]}"
 fi
 
@@ -55,7 +57,7 @@ if [[ $stage == all || $stage == 3 ]]; then
   napari-hoverfast -v train "$N/gbm40" "$N/monuseg_train" "$N/consep_train" "$N/tnbc" \
     -o runs/stage3.pth --init runs/stage2.pth --steps 20000 --batch-size 8 --patch-size 256 --lr 1.5e-4 \
     --eval-every 100 --seed 2 --precision auto --max-minutes 30 \
-    --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 \
+    --val "${VAL[@]}" \
     --exclude "${HELD_OUT[@]}"
 fi
 if [[ $stage == all || $stage == 4 ]]; then
@@ -67,7 +69,7 @@ if [[ $stage == all || $stage == 4 ]]; then
   napari-hoverfast -v train "$N/gbm40" "$N/monuseg_train" "$N/consep_train" "$N/tnbc" "$N/dsb2018_he" \
     -o runs/stage4.pth --init "$INIT" --steps 3400 --batch-size 8 --patch-size 256 --lr 3e-4 \
     --eval-every 100 --seed 3 --precision auto --max-minutes 110 \
-    --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 "${DSB_VAL[@]}" \
+    --val "${VAL[@]}" "${DSB_VAL[@]}" \
     --exclude "${HELD_OUT[@]}" "${DSB_HELD_OUT[@]}"
 fi
 if [[ $stage == all || $stage == 5 ]]; then
@@ -78,7 +80,7 @@ if [[ $stage == all || $stage == 5 ]]; then
   napari-hoverfast -v train "$N/gbm40" "$N/monuseg_train" "$N/consep_train" "$N/tnbc" \
     -o runs/stage5.pth --init "$INIT" --steps 4000 --batch-size 8 --patch-size 256 --lr 2e-4 \
     --eval-every 100 --seed 5 --precision auto --max-minutes 130 \
-    --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 \
+    --val "${VAL[@]}" \
     --exclude "${HELD_OUT[@]}"
 fi
 if [[ $stage == all || $stage == 6 ]]; then
@@ -90,7 +92,7 @@ if [[ $stage == all || $stage == 6 ]]; then
     --set-weight monuseg_train=2 consep_train=2 \
     -o runs/stage6.pth --init "$INIT" --steps 3300 --batch-size 8 --patch-size 256 --lr 2e-4 \
     --eval-every 100 --seed 6 --precision auto --max-minutes 115 \
-    --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 \
+    --val "${VAL[@]}" \
     --exclude "${HELD_OUT[@]}"
 fi
 if [[ $stage == all || $stage == 7 ]]; then
@@ -101,7 +103,7 @@ if [[ $stage == all || $stage == 7 ]]; then
   napari-hoverfast -v train "$N/gbm40" "$N/monuseg_train" "$N/consep_train" "$N/tnbc" \
     -o runs/stage7.pth --init "$INIT" --steps 1600 --batch-size 8 --patch-size 256 --lr 2e-4 \
     --eval-every 100 --seed 7 --precision auto --max-minutes 42 --select pq \
-    --val gbm_03 gbm_17 gbm_31 TCGA-E2-A1B5-01Z-00-DX1 train_9 train_19 TNBC_07_1 TNBC_07_2 TNBC_07_3 \
+    --val "${VAL[@]}" \
     --exclude "${HELD_OUT[@]}"
 fi
 # Then: python scripts/embed_model.py runs/stage3.pth --marker-threshold 0.5   (the stage with the lowest validation loss;

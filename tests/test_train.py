@@ -254,6 +254,13 @@ def test_select_pq_keeps_the_checkpoint_with_the_best_validation_pq(two_tiles: P
     assert ckpt["epoch"] == step and ckpt["best_val_pq"] == pytest.approx(best_pq)
     assert result.best_val_pq == pytest.approx(best_pq) and result.best_val_loss == pytest.approx(loss)
     assert ckpt["best_loss_on_test"] == pytest.approx(loss)  # upstream's field keeps the kept checkpoint's loss
+    latest = tmp_path / "pq.last.pth"
+    resumed = train(TrainOptions(data=(two_tiles,), output=out, steps=4, batch_size=2, patch_size=64, learning_rate=3e-3,
+                                 eval_every=1, val_names=("gbm_02",), seed=0, device="cpu", precision="fp32",
+                                 resume=latest, select="pq"))
+    # the kept PQ travels with every checkpoint: a resumed run keeps it (or beats it), never forgets it
+    assert torch.load(latest, weights_only=True)["best_val_pq"] == pytest.approx(resumed.best_val_pq)
+    assert resumed.best_val_pq >= best_pq
     with pytest.raises(ValueError, match="select must be"):
         TrainOptions(data=(two_tiles,), output=out, select="f1")  # type: ignore[arg-type]
 

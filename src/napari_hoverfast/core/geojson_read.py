@@ -170,7 +170,7 @@ def read_slice_in_worker(path: str, start: int, stop: int, stamp: tuple[int, int
         return None if fast is None else (len(fast), pack(fast))
 
 
-#: how :mod:`.geojson_parallel` parses this reader's slices (module-level: workers unpickle it by name)
+#: how :mod:`.geojson_parallel` parses this reader's slices (module-level functions: a worker unpickles ``in_worker`` by name)
 _SLICE_PARSER = SliceParser(read_slice_in_worker, _fast, slice_text)
 
 

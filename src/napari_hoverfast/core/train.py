@@ -257,7 +257,7 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
                 optimizer.load_state_dict(ckpt["optim_dict"])
             rng = np.random.default_rng(options.seed + start_step)
     val = _val_batches(val_tiles, options.patch_size, options.seed) if val_tiles else []
-    meta: dict[str, object] = {"train_tiles": [t.name for t in train_tiles], "val_tiles": [t.name for t in val_tiles]}
+    meta = {"train_tiles": [t.name for t in train_tiles], "val_tiles": [t.name for t in val_tiles]}
     by_pq = options.select == "pq" and bool(val_tiles)
     if options.select == "pq" and not val_tiles:
         log.warning("No validation tiles: the checkpoint is kept by training loss, not PQ")
@@ -309,10 +309,10 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
             improved = (best_pq is None or val_pq > best_pq) if val_pq is not None else val_loss < best
             if improved:
                 best, best_pq = val_loss, val_pq
-                if best_pq is not None:
-                    meta["best_val_pq"] = best_pq
-                save_checkpoint(options.output, net, optimizer=optimizer, epoch=done, best_loss=best, extra=meta)
-            save_checkpoint(latest, net, optimizer=optimizer, epoch=done, best_loss=best, extra=meta)
+            # every checkpoint carries the kept one's PQ, so a run resumed from the latest compares against it
+            extra = meta if best_pq is None else {**meta, "best_val_pq": best_pq}
+            for path in (options.output, latest) if improved else (latest,):
+                save_checkpoint(path, net, optimizer=optimizer, epoch=done, best_loss=best, extra=extra)
             if val_pq is None:
                 log.info("step %d: loss %.4f, val %.4f (best %.4f)", done, loss, val_loss, best)
             else:

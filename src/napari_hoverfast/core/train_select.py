@@ -18,6 +18,7 @@ import torch
 
 from .metrics import score
 from .postprocess import PostprocessOptions, segment_with_labels
+from .predict import prepare
 from .training_data import AnnotatedTile
 
 #: Reflected context around a whole validation tile, so its border sees image, not zeros.
@@ -32,7 +33,7 @@ def _maps(net: torch.nn.Module, image: np.ndarray, multiple: int, device: torch.
     h, w = image.shape[:2]
     below, right = CONTEXT_PX + (-(h + 2 * CONTEXT_PX) % multiple), CONTEXT_PX + (-(w + 2 * CONTEXT_PX) % multiple)
     mode = "reflect" if min(h, w) > max(below, right) else "edge"
-    padded = np.pad(image.astype(np.float32) / np.float32(255.0), ((CONTEXT_PX, below), (CONTEXT_PX, right), (0, 0)), mode=mode)
+    padded = np.pad(prepare(image[None], "he")[0], ((CONTEXT_PX, below), (CONTEXT_PX, right), (0, 0)), mode=mode)
     x = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)[None].to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         logits, maps = net(x)
