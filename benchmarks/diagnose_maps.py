@@ -32,7 +32,7 @@ from napari_hoverfast.core.metrics import score
 from napari_hoverfast.core.postprocess import PostprocessOptions, segment_with_labels
 from napari_hoverfast.core.predict import resolve_precision
 from napari_hoverfast.core.targets import hv_maps
-from napari_hoverfast.core.train_select import _maps
+from napari_hoverfast.core.train_select import tile_maps
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -86,7 +86,7 @@ def main() -> None:
                 image = io.imread(folder / "images" / f"{name}.png")[..., :3]
                 truth = io.imread(folder / "masks" / f"{name}.png").astype(np.int64)
                 with torch.inference_mode():
-                    prob, hv = _maps(model.net, image, multiple, model.device, bf16)
+                    prob, hv = tile_maps(model.net, image, multiple, model.device, bf16)
                 pqs = tile_variants(prob, hv, truth, options)
                 means.setdefault((dataset, split), []).append(pqs)
                 print(f"| {dataset} | {split} | {name} | " + " | ".join(f"{v:.3f}" for v in pqs) + " |", flush=True)

@@ -27,7 +27,7 @@ CONTEXT_PX = 32
 SELECT_MARKER_THRESHOLD = 0.5
 
 
-def _maps(net: torch.nn.Module, image: np.ndarray, multiple: int, device: torch.device,
+def tile_maps(net: torch.nn.Module, image: np.ndarray, multiple: int, device: torch.device,
           bf16: bool) -> tuple[np.ndarray, np.ndarray]:
     """Nucleus probability (H×W) and H/V maps (2×H×W) of one whole uint8 RGB tile."""
     h, w = image.shape[:2]
@@ -45,7 +45,7 @@ def _maps(net: torch.nn.Module, image: np.ndarray, multiple: int, device: torch.
 def tile_pq(net: torch.nn.Module, tile: AnnotatedTile, multiple: int, device: torch.device, bf16: bool,
             options: PostprocessOptions) -> float:
     """PQ of the nuclei the network and post-processing find in ``tile`` against its labels."""
-    prob, hv = _maps(net, tile.image, multiple, device, bf16)
+    prob, hv = tile_maps(net, tile.image, multiple, device, bf16)
     labels, polygons = segment_with_labels(prob, hv, options=options)
     kept = np.fromiter((label for label, _ in polygons), dtype=labels.dtype, count=len(polygons))
     predicted = np.where(np.isin(labels, kept), labels, 0)
