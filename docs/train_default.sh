@@ -107,7 +107,7 @@ if [[ $stage == all || $stage == 7 ]]; then
     --exclude "${HELD_OUT[@]}"
 fi
 if [[ $stage == all || $stage == 8 ]]; then
-  # Stage 8 (an experiment; docs/MODEL_CARD.md says whether it shipped): a deeper, narrower network
+  # Stage 8 (tried, NOT the shipped model; docs/MODEL_CARD.md): a deeper, narrower network
   # of the same size (depth 4, wf 3: 981k parameters against v2's 948k, still within 5 MB in
   # float16) from random weights, for the receptive field of crowded and large nuclei; the four sets
   # of v2 drawn equally, the checkpoint kept by validation PQ. One sitting (~1.6 s/step on 2 cores).
