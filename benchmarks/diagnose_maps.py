@@ -2,6 +2,7 @@
 
     python benchmarks/diagnose_maps.py [--model PTH] [--shared ../shared]
         [--split train validation held-out] [--sets monuseg_train consep_train] [--per-set 4]
+        [--marker-threshold 0.5]
 
 For each tile, the network's nucleus probability and H/V maps go through the product's
 post-processing (marker threshold of the model, minimum area, shape rule) four times: as predicted;
@@ -71,12 +72,15 @@ def main() -> None:
     parser.add_argument("--split", nargs="+", default=["train", "held-out"], choices=["train", "validation", "held-out"])
     parser.add_argument("--sets", nargs="+", default=["monuseg_train", "consep_train"], choices=list(HOLDOUT))
     parser.add_argument("--per-set", type=int, default=4, help="tiles per set and split (first by name)")
+    parser.add_argument("--marker-threshold", type=float, default=None,
+                        help="watershed marker threshold (default: the checkpoint's own, upstream's 0.4 when it records none)")
     args = parser.parse_args()
     model = load_model(args.model, device="cpu")
-    options = PostprocessOptions(mpp=0.25, marker_threshold=model.marker_threshold)
+    marker = model.marker_threshold if args.marker_threshold is None else args.marker_threshold
+    options = PostprocessOptions(mpp=0.25, marker_threshold=marker)
     bf16 = resolve_precision("auto", model.device.type) == "bf16"
     multiple = model.config.multiple
-    print(f"model: {model.source} ({model.describe()}), marker threshold {model.marker_threshold}, bf16 {bf16}")
+    print(f"model: {model.source} ({model.describe()}), marker threshold {marker}, bf16 {bf16}")
     print("| set | split | tile | " + " | ".join(VARIANTS) + " |\n|---|---|---|---|---|---|---|")
     means: dict[tuple[str, str], list[list[float]]] = {}
     for dataset in args.sets:
