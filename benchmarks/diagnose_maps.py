@@ -29,11 +29,10 @@ import torch
 from skimage import io
 
 from napari_hoverfast.core.default_model import load_model
-from napari_hoverfast.core.metrics import score
-from napari_hoverfast.core.postprocess import PostprocessOptions, segment_with_labels
+from napari_hoverfast.core.postprocess import PostprocessOptions
 from napari_hoverfast.core.predict import resolve_precision
 from napari_hoverfast.core.targets import hv_maps
-from napari_hoverfast.core.train_select import tile_maps
+from napari_hoverfast.core.train_select import maps_pq, tile_maps
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -57,12 +56,8 @@ def tile_variants(prob: np.ndarray, hv: np.ndarray, truth: np.ndarray, options: 
     """PQ of the four (mask, maps) combinations of one tile, in ``VARIANTS`` order."""
     true_mask = (truth > 0).astype(np.float32)
     true_hv = hv_maps(truth).astype(np.float32)
-    out = []
-    for m, h in ((prob, hv), (true_mask, hv), (prob, true_hv), (true_mask, true_hv)):
-        labels, polygons = segment_with_labels(m, h, options=options)
-        kept = np.fromiter((label for label, _ in polygons), dtype=labels.dtype, count=len(polygons))
-        out.append(float(score(truth, np.where(np.isin(labels, kept), labels, 0)).pq))
-    return out
+    pairs = ((prob, hv), (true_mask, hv), (prob, true_hv), (true_mask, true_hv))
+    return [maps_pq(m, h, truth, options) for m, h in pairs]
 
 
 def main() -> None:

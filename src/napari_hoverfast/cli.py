@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-minutes", type=_positive_float, default=None, help="stop after this long")
     tr.add_argument("--set-weight", type=_set_weight, nargs="+", default=(), metavar="NAME=WEIGHT",
                     help="a data folder's relative share of the batches (others weigh 1: sets drawn equally)")
-    tr.add_argument("--select", choices=("loss", "pq"), default="loss",
+    tr.add_argument("--select", choices=limits.SELECT_RULES, default="loss",
                     help="keep the checkpoint with the lowest validation loss (upstream's rule) or the highest "
                          "validation PQ through the product's post-processing (each evaluation about 1 s per 1000² validation tile on 2 bf16 cores)")
     return parser

@@ -21,6 +21,8 @@ from typing import Any
 #: Tiles (network inputs) in px a side: below 64 the zero-padding reach leaves nothing valid; above
 #: 8192 one tile's maps and activations need tens of GB (2048 px needs 3.5 GB on the CPU).
 TILE_RANGE = (64, 8192)
+#: What may pick the checkpoint a training run keeps (``TrainOptions.select``, ``train --select``).
+SELECT_RULES = ("loss", "pq")
 #: Tiles per forward pass; and pixels per pass, whatever the tile (64 tiles of 2048 px).
 MAX_BATCH = 256
 MAX_BATCH_PIXELS = 64 * 2048 * 2048

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .device import resolve_device
 from .limits import (
+    SELECT_RULES,
     check_batch_pixels,
     check_batch_size,
     check_learning_rate,
@@ -95,8 +96,8 @@ class TrainOptions:
                 raise ValueError(f"the set weight of {name!r} must be a finite number above 0, got {weight!r}")
         if len({name for name, _ in self.set_weights}) != len(self.set_weights):
             raise ValueError("each data folder may be given one set weight")
-        if self.select not in ("loss", "pq"):
-            raise ValueError(f"select must be 'loss' or 'pq', got {self.select!r}")
+        if self.select not in SELECT_RULES:
+            raise ValueError(f"select must be one of {', '.join(map(repr, SELECT_RULES))}, got {self.select!r}")
 
 
 @dataclass(frozen=True)

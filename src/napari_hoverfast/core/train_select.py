@@ -46,10 +46,15 @@ def tile_pq(net: torch.nn.Module, tile: AnnotatedTile, multiple: int, device: to
             options: PostprocessOptions) -> float:
     """PQ of the nuclei the network and post-processing find in ``tile`` against its labels."""
     prob, hv = tile_maps(net, tile.image, multiple, device, bf16)
+    return maps_pq(prob, hv, tile.labels, options)
+
+
+def maps_pq(prob: np.ndarray, hv: np.ndarray, truth: np.ndarray, options: PostprocessOptions) -> float:
+    """PQ against ``truth`` of the nuclei the product's post-processing makes of these maps (the
+    objects its minimum-area and shape rules drop are dropped here too)."""
     labels, polygons = segment_with_labels(prob, hv, options=options)
     kept = np.fromiter((label for label, _ in polygons), dtype=labels.dtype, count=len(polygons))
-    predicted = np.where(np.isin(labels, kept), labels, 0)
-    return float(score(tile.labels, predicted).pq)
+    return float(score(truth, np.where(np.isin(labels, kept), labels, 0)).pq)
 
 
 def validation_pq(net: torch.nn.Module, tiles: Sequence[AnnotatedTile], multiple: int, device: torch.device,
