@@ -117,5 +117,17 @@ if [[ $stage == all || $stage == 8 ]]; then
     --val "${VAL[@]}" \
     --exclude "${HELD_OUT[@]}"
 fi
+if [[ $stage == all || $stage == 9 ]]; then
+  # Stage 9: the second sitting of the deeper network, fine-tuned from stage 8's best (kept by
+  # validation PQ) with a fresh cosine schedule from a lower learning rate: stage 8 underfit the goal
+  # tissues (it scored no better on its own MoNuSeg / CoNSeP tiles than on held-out ones) and was
+  # still improving when its one sitting ended. Needs runs/stage8.pth (stage 8 is its only source).
+  [[ -f runs/stage8.pth ]] || { echo "stage 9 fine-tunes runs/stage8.pth: run stage 8 first" >&2; exit 1; }
+  napari-hoverfast -v train "$N/gbm40" "$N/monuseg_train" "$N/consep_train" "$N/tnbc" \
+    -o runs/stage9.pth --init runs/stage8.pth --steps 4200 --batch-size 8 --patch-size 256 --lr 4e-4 \
+    --eval-every 200 --seed 9 --precision auto --max-minutes 110 --select pq \
+    --val "${VAL[@]}" \
+    --exclude "${HELD_OUT[@]}"
+fi
 # Then: python scripts/embed_model.py runs/stage3.pth --marker-threshold 0.5   (the stage with the lowest validation loss;
 # float16 copy into the package + SHA-256)

@@ -234,6 +234,17 @@ def test_validation_pq_scores_the_product_nuclei_of_whole_tiles(two_tiles: Path)
     assert good > 0.6 and bad < 0.1, (good, bad)
 
 
+def test_the_kept_checkpoint_follows_pq_not_loss_when_pq_selects() -> None:
+    """The rule itself, where loss and PQ disagree (a short real run cannot be made to disagree)."""
+    from napari_hoverfast.core.train import improves
+
+    assert improves(0.50, 0.61, 0.40, 0.60)  # higher PQ wins though the loss is worse
+    assert not improves(0.30, 0.59, 0.40, 0.60)  # lower loss does not win against a higher kept PQ
+    assert not improves(0.30, 0.60, 0.40, 0.60)  # a tie keeps the earlier step
+    assert improves(9.0, 0.0, float("inf"), None)  # the first evaluation is always kept
+    assert improves(0.30, None, 0.40, None) and not improves(0.40, None, 0.40, None)  # loss rule
+
+
 def test_select_pq_keeps_the_checkpoint_with_the_best_validation_pq(two_tiles: Path, tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -213,6 +213,15 @@ def _lr_at(fraction: float, base: float) -> float:
     return base * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
+def improves(val_loss: float, val_pq: float | None, best_loss: float, best_pq: float | None) -> bool:
+    """Whether this evaluation replaces the kept checkpoint: by validation PQ when it was measured
+    (``select="pq"``; a tie keeps the earlier step), else by validation loss. The one place the rule
+    lives, so a PQ-selected run never keeps a step for its lower loss."""
+    if val_pq is not None:
+        return best_pq is None or val_pq > best_pq
+    return val_loss < best_loss
+
+
 def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainResult]:
     """Train, yielding progress after every step; the best checkpoint (by validation loss, or by
     validation PQ with ``select="pq"``) is kept.
@@ -307,7 +316,7 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
             if by_pq:
                 val_pq = validation_pq(net, val_tiles, config.multiple, device, bf16)
                 net.train()
-            improved = (best_pq is None or val_pq > best_pq) if val_pq is not None else val_loss < best
+            improved = improves(val_loss, val_pq, best, best_pq)
             if improved:
                 best, best_pq = val_loss, val_pq
             # every checkpoint carries the kept one's PQ, so a run resumed from the latest compares against it
