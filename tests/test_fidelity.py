@@ -79,12 +79,14 @@ def test_count_on_the_shared_tile_is_pinned(shared_dir: Path, model) -> None:
 def test_more_margin_changes_no_nucleus(shared_dir: Path, model) -> None:
     """Beyond the padding reach the maps no longer depend on the margin: same window, same nuclei.
 
-    A 600² region inside the tile: with 80 px margins (default) and with 128 px margins, the window
-    is the region plus 32 px of real context, and every polygon is the same.
+    A 600² region inside the tile: with the model's own margins (80 px for a depth-3 network) and
+    with 48 px more, the window is the region plus 32 px of real context, and every polygon is the
+    same. The margins follow the model's padding reach, so a deeper default model is tested alike.
     """
     region = Box(200, 200, 600, 600)
+    own = TilingOptions().resolved(model.config.padding_reach)
     default = _run(shared_dir, model, region, TilingOptions())
-    wider = _run(shared_dir, model, region, TilingOptions(overlap=256, valid_border=96))
+    wider = _run(shared_dir, model, region, TilingOptions(overlap=own.overlap + 96, valid_border=own.valid_border + 48))
     assert len(default.nuclei) > 50
     assert len(default.nuclei) == len(wider.nuclei)
     a = np.asarray(default.nuclei.polygons, dtype=object)

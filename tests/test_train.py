@@ -150,7 +150,9 @@ def test_cli_init_default_fine_tunes_the_embedded_model(two_tiles: Path, tmp_pat
     out = tmp_path / "mine.pth"
     rc = main(["train", str(two_tiles), "-o", str(out), "--init", "default", "--steps", "1", "--batch-size", "1",
                "--patch-size", "64", "--eval-every", "1", "--device", "cpu", "--precision", "fp32"])
-    assert rc == 0 and load_checkpoint(out, device="cpu").config.wf == 4
+    from napari_hoverfast.core.default_model import load_default_model
+
+    assert rc == 0 and load_checkpoint(out, device="cpu").config == load_default_model("cpu").config
 
 
 def test_output_is_checked_first_and_divergence_stops_with_an_error(two_tiles: Path, tmp_path: Path, monkeypatch) -> None:
