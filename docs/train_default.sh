@@ -122,6 +122,8 @@ if [[ $stage == all || $stage == 9 ]]; then
   # validation PQ) with a fresh cosine schedule from a lower learning rate: stage 8 underfit the goal
   # tissues (it scored no better on its own MoNuSeg / CoNSeP tiles than on held-out ones) and was
   # still improving when its one sitting ended. Needs runs/stage8.pth (stage 8 is its only source).
+  # Result: the v3 candidate (docs/MODEL_CARD.md), its float16 copy in benchmarks/models/stage9_fp16.pth;
+  # a further sitting fine-tunes that file (--init benchmarks/models/stage9_fp16.pth).
   [[ -f runs/stage8.pth ]] || { echo "stage 9 fine-tunes runs/stage8.pth: run stage 8 first" >&2; exit 1; }
   napari-hoverfast -v train "$N/gbm40" "$N/monuseg_train" "$N/consep_train" "$N/tnbc" \
     -o runs/stage9.pth --init runs/stage8.pth --steps 4200 --batch-size 8 --patch-size 256 --lr 4e-4 \
