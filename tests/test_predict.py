@@ -67,7 +67,7 @@ def test_compiled_network_finds_the_same_nuclei(shared_dir: Path) -> None:
     maps agree with the eager network away from the padded edge, and the run finds the same nuclei."""
     from napari_hoverfast.core.default_model import load_default_model
     from napari_hoverfast.core.predict import COMPILE_STEP
-    from napari_hoverfast.core.tiling import NUCLEUS_CONTEXT
+    from napari_hoverfast.core.tiling import TilingOptions
 
     model = load_default_model("cpu")
     images = prepare(io.imread(shared_dir / "data" / "tcga_tile.png")[None, :200, :232, :3], "he")
@@ -76,7 +76,7 @@ def test_compiled_network_finds_the_same_nuclei(shared_dir: Path) -> None:
     prob_c, hv_c = compiled(images)
     prob_e, hv_e = Predictor(model, PredictOptions(precision="fp32"))(images)
     assert prob_c.shape == prob_e.shape == (1, 200, 232) and hv_c.shape == hv_e.shape == (1, 2, 200, 232)
-    edge = model.config.padding_reach + NUCLEUS_CONTEXT  # a tile's context (80 px for a depth-3 network)
+    edge = TilingOptions().resolved(model.config.padding_reach).overlap_px // 2  # a tile's context (80 px at depth 3)
     inner = (slice(None), slice(0, 200 - edge), slice(0, 232 - edge))
     assert np.abs(prob_c[inner] - prob_e[inner]).max() < 1e-3
     with Slide(shared_dir / "data" / "tcga_tile.png", mpp=0.25) as slide:
