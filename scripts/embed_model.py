@@ -10,8 +10,8 @@ validation images (``benchmarks/tune_postprocess.py``); runs use it unless the u
 
 from __future__ import annotations
 
-import hashlib
 import argparse
+import hashlib
 import re
 from pathlib import Path
 

@@ -116,7 +116,8 @@ def test_bad_training_folders(tmp_path: Path) -> None:
 def test_train_cli(two_tiles: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli.pth"
     rc = main(["train", str(two_tiles), "-o", str(out), "--steps", "2", "--batch-size", "2", "--patch-size", "64",
-               "--depth", "2", "--wf", "2", "--eval-every", "1", "--device", "cpu", "--precision", "fp32", "--val", "gbm_02"])
+               "--depth", "2", "--wf", "2", "--eval-every", "1", "--device", "cpu", "--precision", "fp32", "--val", "gbm_02",
+               "--haematoxylin-only", "0.5"])
     assert rc == 0 and out.is_file()
     assert "trained 2 steps" in capsys.readouterr().out
     assert load_checkpoint(out, device="cpu").config.wf == 2

@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-minutes", type=_positive_float, default=None, help="stop after this long")
     tr.add_argument("--set-weight", type=_set_weight, nargs="+", default=(), metavar="NAME=WEIGHT",
                     help="a data folder's relative share of the batches (others weigh 1: sets drawn equally)")
+    tr.add_argument("--haematoxylin-only", type=_rule(_finite, _within(0, 1)), default=0.0, metavar="P",
+                    help="share of patches redrawn as haematoxylin only, as IHC tiles reach the network (0)")
     tr.add_argument("--select", choices=limits.SELECT_RULES, default="loss",
                     help="keep the checkpoint with the lowest validation loss (upstream's rule) or the highest "
                          "validation PQ through the product's post-processing (each evaluation about 1 s per 1000² validation tile on 2 bf16 cores)")
@@ -211,6 +213,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from .core.model import ModelConfig
     from .core.train import TrainOptions, train
+    from .core.training_data import AugmentOptions
 
     options = TrainOptions(  # its own checks (patch size against depth, batch pixels) before any work
         data=tuple(args.data),
@@ -231,6 +234,7 @@ def _run_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         set_weights=tuple(args.set_weight),
         select=args.select,
+        augment=AugmentOptions(haematoxylin_only_probability=args.haematoxylin_only),
     )
     with tqdm(total=options.steps, unit="step", dynamic_ncols=True) as bar:
 

@@ -175,4 +175,14 @@ def haematoxylin_like(rgb: np.ndarray) -> np.ndarray:
     od = stain_od(np.asarray(rgb), "ihc_dab")
     h = _H_GAIN * np.maximum(od[..., 0] - _H_BACKGROUND, 0.0) + _DAB_GAIN * np.maximum(od[..., 1], 0.0)
     np.minimum(h, _OD_CAP, out=h)
-    return np.power(np.float32(10.0), -h[..., None] * _H_VECTOR).astype(np.float32)
+    return haematoxylin_image(h)
+
+
+def haematoxylin_image(h_od: np.ndarray) -> np.ndarray:
+    """Haematoxylin optical density (…) → float32 RGB (…×3) in [0, 1] of that stain alone.
+
+    The one rendering of the network's haematoxylin-only input: IHC tiles at inference and the
+    haematoxylin-only augmentation of H&E training tiles both go through it, so the model is trained
+    on the colour it is shown.
+    """
+    return np.power(np.float32(10.0), -np.asarray(h_od, dtype=np.float32)[..., None] * _H_VECTOR).astype(np.float32)

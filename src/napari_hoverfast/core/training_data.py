@@ -4,7 +4,9 @@ A data folder holds ``images/NAME.png|tif`` and either ``masks/NAME.png|tif|npy`
 images, 0 = background) or ``NAME.geojson`` QuPath annotations beside the image (or in ``masks/``).
 Augmentation is chosen for generalisation beyond the training tissue: flips and 90° rotations,
 scale jitter, haematoxylin/eosin (HED) and brightness/contrast/saturation jitter, blur and a
-resolution drop that mimics 20× scans upsampled to the 40× working resolution.
+resolution drop that mimics 20× scans upsampled to the 40× working resolution. Optionally an H&E
+patch is redrawn as haematoxylin only, the way IHC tiles reach the network
+(:func:`~napari_hoverfast.core.ihc.haematoxylin_like`), so the model keeps its IHC nuclei.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from skimage import color, io
 from skimage.draw import polygon as draw_polygon
 from skimage.transform import resize
 
+from .ihc import haematoxylin_image
+from .measurements import stain_od
 from .targets import hv_maps, relabel_sequential
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,18 @@ class AugmentOptions:
     lowres_probability: float = 0.2
     #: Re-encode as JPEG at a random quality (30–90): slides are JPEG-compressed tiles.
     jpeg_probability: float = 0.2
+    #: Redraw the patch as haematoxylin only, as IHC input is (0: never; upstream's recipe has no IHC).
+    haematoxylin_only_probability: float = 0.0
+    #: Its ranges: OD gain, OD background removed, OD cap. They bracket what ``haematoxylin_like``
+    #: makes of the shared Ki67 tiles (nuclei median OD 0.34–0.49, background 0.12, cap 0.8) from
+    #: H&E nuclei whose haematoxylin OD medians run from 0.25 (CoNSeP) to 0.85 (gbm40).
+    haematoxylin_gain: tuple[float, float] = (0.7, 2.0)
+    haematoxylin_background: tuple[float, float] = (0.0, 0.1)
+    haematoxylin_cap: tuple[float, float] = (0.6, 1.2)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.haematoxylin_only_probability <= 1.0:
+            raise ValueError(f"haematoxylin_only_probability must lie in [0, 1], got {self.haematoxylin_only_probability}")
 
 
 def _labels_from_geojson(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -161,6 +177,8 @@ def sample_patch(
     if rng.random() < 0.5:
         image, labels = image[:, ::-1], labels[:, ::-1]
     image = _colour_jitter(np.ascontiguousarray(image, dtype=np.float64), rng, opts)
+    if rng.random() < opts.haematoxylin_only_probability:
+        image = _haematoxylin_only(image, rng, opts)
     if rng.random() < opts.lowres_probability:
         small = resize(image, (size // 2, size // 2), order=1, anti_aliasing=True)
         image = resize(small, (size, size), order=1)
@@ -170,6 +188,14 @@ def sample_patch(
         image = _jpeg(image, int(rng.integers(30, 91)))
     labels = np.ascontiguousarray(labels)
     return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32), labels
+
+
+def _haematoxylin_only(rgb: np.ndarray, rng: np.random.Generator, opts: AugmentOptions) -> np.ndarray:
+    """An H&E patch (float [0, 1]) as a haematoxylin-only image with random gain, background and cap."""
+    h = stain_od(np.round(rgb * 255.0).astype(np.uint8), "he")[..., 0]
+    h = rng.uniform(*opts.haematoxylin_gain) * np.maximum(h - rng.uniform(*opts.haematoxylin_background), 0.0)
+    np.minimum(h, rng.uniform(*opts.haematoxylin_cap), out=h)
+    return haematoxylin_image(h).astype(np.float64)
 
 
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
