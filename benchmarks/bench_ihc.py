@@ -2,6 +2,7 @@
 
     python benchmarks/bench_ihc.py [--shared ../shared] [--input ihc_dab he previous] [--mpp 0.25 0.5]
                                    [--thresholds 0.2 0.4 0.6] [--iou 0.5] [--stain-vectors default estimated]
+                                   [--model CKPT --marker-threshold 0.5]
 
 Runs the embedded model through the engine (``SlideJob``, as the CLI does) on
 ``data/nuclei/ihc_ki67`` (237 nuclei marked by hand, 31 Ki67-positive) and prints, per input and pixel
@@ -45,15 +46,18 @@ def marked_tiles(shared: Path) -> list[tuple[Path, np.ndarray, dict[int, bool]]]
     return out
 
 
-def run_tile(image: Path, mpp: float, stain: str, ihc: IhcOptions, vectors: str = "default"):  # type: ignore[no-untyped-def]
-    """The nuclei of one tile, with the engine's defaults (no cache, in this process)."""
-    options = RunOptions(stain=stain, ihc=ihc, workers=0, stain_vectors=vectors)  # type: ignore[arg-type]
-    job = SlideJob(slide=str(image), mpp=mpp, options=options)
+def run_tile(image: Path, mpp: float, stain: str, ihc: IhcOptions, vectors: str = "default",  # type: ignore[no-untyped-def]
+             model: Path | None = None, marker: float | None = None):
+    """The nuclei of one tile, with the engine's defaults (no cache, in this process); ``model``
+    ``None`` is the embedded one, ``marker`` ``None`` the model's own marker threshold."""
+    options = RunOptions(stain=stain, ihc=ihc, workers=0, stain_vectors=vectors, marker_threshold=marker)  # type: ignore[arg-type]
+    job = SlideJob(slide=str(image), mpp=mpp, model=None if model is None else str(model), options=options)
     return run_to_end(run_slide_job(job)).run.nuclei
 
 
 def evaluate(shared: Path, input_: str, mpp: float, ihc: IhcOptions, iou: float,
-             vectors: str = "default") -> tuple[IhcCheck, list[IhcCheck]]:
+             vectors: str = "default", model: Path | None = None,
+             marker: float | None = None) -> tuple[IhcCheck, list[IhcCheck]]:
     """The check of every tile and their sum, for one input (``previous`` swaps the IHC transform back)."""
     original = stages.prepare
     if input_ == "previous":
@@ -62,7 +66,7 @@ def evaluate(shared: Path, input_: str, mpp: float, ihc: IhcOptions, iou: float,
         stain = "he" if input_ == "he" else "ihc_dab"
         checks = []
         for image, marks, positive in marked_tiles(shared):
-            nuclei = run_tile(image, mpp, stain, ihc, vectors)
+            nuclei = run_tile(image, mpp, stain, ihc, vectors, model, marker)
             if input_ == "he":  # scored on the same stain measurements as the others
                 nuclei = _with_dab(nuclei, image, mpp, ihc)
             checks.append(check_against_marks(nuclei, marks, positive, options=ihc, iou=iou))
@@ -104,6 +108,9 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs=3, default=[0.2, 0.4, 0.6])
     parser.add_argument("--iou", type=float, default=0.5)
     parser.add_argument("--stain-vectors", nargs="+", default=["default"], choices=["default", "estimated"])
+    parser.add_argument("--model", type=Path, default=None, help="a checkpoint to score (default: the embedded model)")
+    parser.add_argument("--marker-threshold", type=float, default=None,
+                        help="watershed marker threshold (default: the model's own; a train checkpoint records none)")
     args = parser.parse_args()
     ihc = IhcOptions(tuple(args.thresholds))  # type: ignore[arg-type]
     print(f"IoU > {args.iou}, thresholds {ihc.thresholds}")
@@ -111,7 +118,7 @@ def main() -> None:
         for input_ in args.input:
             for vectors in args.stain_vectors:
                 start = time.perf_counter()
-                total, checks = evaluate(args.shared, input_, mpp, ihc, args.iou, vectors)
+                total, checks = evaluate(args.shared, input_, mpp, ihc, args.iou, vectors, args.model, args.marker_threshold)
                 for (image, _, _), c in zip(marked_tiles(args.shared), checks, strict=True):
                     print(line(f"  {image.stem}", c))
                 name = input_ if vectors == "default" else f"{input_}, {vectors}"
