@@ -46,7 +46,7 @@ from ._colours import (
     unit_scale,
 )
 from ._edits import EditFollower, append_copy, empty_like
-from ._layers import Box4, shapes_data_from_polygons
+from ._layers import Box4, box_contains, points_in_box, shapes_data_from_polygons
 from ._overlays import factor_for, overview_colormap, overview_of, paint_points
 from .core.nuclei import Nuclei
 
@@ -150,7 +150,7 @@ class NucleiDisplay:
             else:
                 self._rewindow(force=True)
         elif self.mode == OUTLINES:
-            inside = _inside(self.window, new.centroid_x, new.centroid_y)
+            inside = points_in_box(self.window, new.centroid_x, new.centroid_y)
             if len(self.shown) + int(inside.sum()) <= self.options.max_outlines:
                 self._append_outlines(new.select(inside))
             else:  # the window filled up: choose it again around the view
@@ -221,7 +221,7 @@ class NucleiDisplay:
     def _rewindow(self, *, force: bool) -> None:
         """Choose what the Shapes layer holds for the current view: outlines around it, or nothing."""
         view = self.view or (0.0, 0.0, float(self.slide_size[0]), float(self.slide_size[1]))
-        if not force and self.mode == OUTLINES and self.window is not None and _contains(self.window, view):
+        if not force and self.mode == OUTLINES and self.window is not None and box_contains(self.window, view):
             return
         if self.sheet.ensure():  # windowed from now on (made again if the user deleted it)
             self.sheet.layer.colormap = overview_colormap(self._overview_colours())  # type: ignore[union-attr]
@@ -229,7 +229,7 @@ class NucleiDisplay:
         x0, y0, x1, y1 = view
         mx, my = (x1 - x0) * self.options.margin, (y1 - y0) * self.options.margin
         window = (x0 - mx, y0 - my, x1 + mx, y1 + my)
-        inside = _inside(window, self.nuclei.centroid_x, self.nuclei.centroid_y)
+        inside = points_in_box(window, self.nuclei.centroid_x, self.nuclei.centroid_y)
         if int(inside.sum()) <= self.options.max_outlines:
             self.mode, self.window = OUTLINES, window
             self.fill(self.nuclei.select(inside))
@@ -396,15 +396,4 @@ class NucleiDisplay:
         """Stop following the layer (it was deleted) and remove the overview."""
         self.detach()
         self.sheet.remove()
-
-
-def _inside(box: Box4 | None, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    if box is None:
-        return np.zeros(len(x), dtype=bool)
-    x0, y0, x1, y1 = box
-    return (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
-
-
-def _contains(outer: Box4, inner: Box4) -> bool:
-    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
 

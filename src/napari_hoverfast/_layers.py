@@ -264,6 +264,18 @@ def has_layer(layers: Iterable[Any], layer: Any) -> bool:
 Box4 = tuple[float, float, float, float]
 
 
+def points_in_box(box: Box4 | None, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Which points (x, y) lie in the half-open ``box``; none when there is no box."""
+    if box is None:
+        return np.zeros(len(x), dtype=bool)
+    x0, y0, x1, y1 = box
+    return (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+
+
+def box_contains(outer: Box4, inner: Box4) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
+
+
 def camera_of(viewer: Any) -> Any:
     """The viewer's camera (``viewer.scene.camera`` in napari ≥ 0.9, ``viewer.camera`` before)."""
     scene = getattr(viewer, "scene", None)
