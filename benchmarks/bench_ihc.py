@@ -47,17 +47,18 @@ def marked_tiles(shared: Path) -> list[tuple[Path, np.ndarray, dict[int, bool]]]
 
 
 def run_tile(image: Path, mpp: float, stain: str, ihc: IhcOptions, vectors: str = "default",  # type: ignore[no-untyped-def]
-             model: Path | None = None, marker: float | None = None):
+             model: Path | None = None, marker: float | None = None, precision: str = "auto"):
     """The nuclei of one tile, with the engine's defaults (no cache, in this process); ``model``
     ``None`` is the embedded one, ``marker`` ``None`` the model's own marker threshold."""
-    options = RunOptions(stain=stain, ihc=ihc, workers=0, stain_vectors=vectors, marker_threshold=marker)  # type: ignore[arg-type]
+    options = RunOptions(stain=stain, ihc=ihc, workers=0, stain_vectors=vectors, marker_threshold=marker,  # type: ignore[arg-type]
+                         precision=precision)
     job = SlideJob(slide=str(image), mpp=mpp, model=None if model is None else str(model), options=options)
     return run_to_end(run_slide_job(job)).run.nuclei
 
 
 def evaluate(shared: Path, input_: str, mpp: float, ihc: IhcOptions, iou: float,
              vectors: str = "default", model: Path | None = None,
-             marker: float | None = None) -> tuple[IhcCheck, list[IhcCheck]]:
+             marker: float | None = None, precision: str = "auto") -> tuple[IhcCheck, list[IhcCheck]]:
     """The check of every tile and their sum, for one input (``previous`` swaps the IHC transform back)."""
     original = stages.prepare
     if input_ == "previous":
@@ -66,7 +67,7 @@ def evaluate(shared: Path, input_: str, mpp: float, ihc: IhcOptions, iou: float,
         stain = "he" if input_ == "he" else "ihc_dab"
         checks = []
         for image, marks, positive in marked_tiles(shared):
-            nuclei = run_tile(image, mpp, stain, ihc, vectors, model, marker)
+            nuclei = run_tile(image, mpp, stain, ihc, vectors, model, marker, precision)
             if input_ == "he":  # scored on the same stain measurements as the others
                 nuclei = _with_dab(nuclei, image, mpp, ihc)
             checks.append(check_against_marks(nuclei, marks, positive, options=ihc, iou=iou))

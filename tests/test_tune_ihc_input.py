@@ -19,7 +19,7 @@ def test_one_setting_is_scored_on_the_ki67_tiles_with_a_given_model(shared_dir: 
                           "--marker-threshold", "0.5", "--h-gain", "2", "--dab-gain", "0.75", "--cap", "0.8"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
-    rows = [line for line in run.stdout.splitlines() if line.startswith("(2.0, 0.75, 0.8): found pos")]
+    rows = [line for line in run.stdout.splitlines() if line.startswith("(2.0, 0.75, 0.8) auto: found pos")]
     assert len(rows) == 1, run.stdout
     assert "/31" in rows[0] and "/206" in rows[0]
     assert run.stdout.splitlines()[-1].startswith("best: ")

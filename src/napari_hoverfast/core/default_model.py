@@ -15,7 +15,7 @@ from .model import CheckpointError, LoadedModel, load_checkpoint
 
 FILENAME = "hoverfast_default.pth"
 #: SHA-256 of the shipped file; loading refuses a file that differs (damaged or replaced install).
-SHA256 = "21199b1328d0df96b42f45eac4285b243578fdc34b1111831a8911242857c289"
+SHA256 = "11fd0eee2e38a615d7e29e3d46f6f7659036b8f677fa68f28d686a85717d660e"
 
 
 def default_model_path() -> Path:
