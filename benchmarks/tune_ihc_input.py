@@ -46,17 +46,17 @@ def main() -> None:
     try:
         for gains in itertools.product(args.h_gain, args.dab_gain, args.cap):
             ihc._H_GAIN, ihc._DAB_GAIN, ihc._OD_CAP = gains
-            worst: int | None = 0
+            found_each, holds_all = [], True
             for precision in args.precision:
                 start = time.perf_counter()
                 total, _ = bench_ihc.evaluate(args.shared, "ihc_dab", 0.25, IhcOptions(), 0.5, model=args.model,
                                               marker=args.marker_threshold, precision=precision)
                 found = total.found_positive + total.found_negative
                 print(f"{gains} {precision}: {bench_ihc.line('', total).strip()}  [{time.perf_counter() - start:.0f} s]", flush=True)
-                holds = total.recall_positive >= POSITIVE_RECALL and total.recall_negative >= NEGATIVE_RECALL
-                worst = found if holds and worst is not None and (worst == 0 or found < worst) else None
-            if worst is not None and (best is None or worst > best[0]):
-                best = (worst, gains)
+                found_each.append(found)
+                holds_all &= total.recall_positive >= POSITIVE_RECALL and total.recall_negative >= NEGATIVE_RECALL
+            if holds_all and (best is None or min(found_each) > best[0]):
+                best = (min(found_each), gains)
     finally:
         ihc._H_GAIN, ihc._DAB_GAIN, ihc._OD_CAP = kept
     print("best:", "none reaches both recalls" if best is None else f"{best[1]} finds {best[0]} nuclei (the least over the precisions)")
