@@ -123,6 +123,21 @@ def test_train_cli(two_tiles: Path, tmp_path: Path, capsys) -> None:
     assert load_checkpoint(out, device="cpu").config.wf == 2
 
 
+def test_train_cli_haematoxylin_only_reaches_the_batches(two_tiles: Path, tmp_path: Path) -> None:
+    """``--haematoxylin-only`` changes what is trained on: same seed, different weights; the same flag twice, the same."""
+    def run(name: str, share: str) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"{name}.pth"
+        rc = main(["train", str(two_tiles), "-o", str(out), "--steps", "2", "--batch-size", "2", "--patch-size", "64",
+                   "--depth", "2", "--wf", "2", "--eval-every", "2", "--device", "cpu", "--precision", "fp32",
+                   "--val", "gbm_02", "--seed", "5", "--haematoxylin-only", share])
+        assert rc == 0
+        return torch.load(out.with_name(out.stem + ".last.pth"), weights_only=True)["model_dict"]
+
+    plain, again, redrawn = run("plain", "0"), run("again", "0"), run("redrawn", "1")
+    assert all(torch.equal(plain[k], again[k]) for k in plain)
+    assert any(not torch.equal(plain[k], redrawn[k]) for k in plain if plain[k].is_floating_point())
+
+
 def test_fine_tuning_starts_from_the_given_weights(two_tiles: Path, tmp_path: Path, shared_dir: Path) -> None:
     """``init`` takes the file's configuration and weights and restarts the schedule at step 0."""
     source = shared_dir / "reference" / "ckpt_A.pth"
