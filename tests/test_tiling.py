@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_hoverfast.core.tiling import Box, TilingOptions, order_by_distance, plan_tiles
+from napari_hoverfast.core.network import ModelConfig
+from napari_hoverfast.core.tiling import (
+    UPSTREAM_ROI_LEAD,
+    Box,
+    TilingOptions,
+    order_by_distance,
+    plan_tiles,
+)
 
 
 @pytest.mark.parametrize(
@@ -62,8 +69,26 @@ def test_regions_of_2048_and_more_waste_little(side: int) -> None:
     """Pixels computed per pixel kept stay at or under 1.3 (issue: 2.25 for 4096² with fixed steps)."""
     from napari_hoverfast.core.tiling import computed_per_owned
 
-    tiles = plan_tiles(Box(0, 0, side, side + 7), TilingOptions().resolved(48), multiple=8)
+    config = ModelConfig()  # HoverFast's own layout (depth 3): its users' weights
+    tiles = plan_tiles(Box(0, 0, side, side + 7), TilingOptions().resolved(config.padding_reach), multiple=config.multiple)
     assert computed_per_owned(tiles) <= 1.3
     owned = sum(t.owned.w * t.owned.h for t in tiles)
     assert owned == side * (side + 7)  # the cells tile the region exactly
     assert len({(t.input.w, t.input.h) for t in tiles}) == 1  # one input size: tiles batch
+
+
+@pytest.mark.parametrize(("depth", "region"), [(3, Box(5, 3, 5000, 2100)), (4, Box(5, 3, 5000, 2100)), (4, Box(-37, 11, 300, 4500))])
+def test_tiles_put_the_region_on_upstreams_pooling_grid(depth: int, region: Box) -> None:
+    """Every tile sees the region's pixels on the pooling grid where upstream's one padded pass puts
+    its ROI's (84 px in): the maps of a depth-4 model change with that phase (docs/FIDELITY.md)."""
+    config = ModelConfig(depth=depth)
+    options = TilingOptions().resolved(config.padding_reach)
+    tiles = plan_tiles(region, options, multiple=config.multiple)
+    assert len(tiles) > 1
+    margin = options.overlap_px // 2
+    for t in tiles:
+        assert (region.x - t.input.x) % config.multiple == UPSTREAM_ROI_LEAD % config.multiple
+        assert (region.y - t.input.y) % config.multiple == UPSTREAM_ROI_LEAD % config.multiple
+        # the phase costs no context: every side keeps its margin
+        assert t.input.x <= t.owned.x - margin and t.input.x + t.input.w >= t.owned.x + t.owned.w + margin
+        assert t.input.y <= t.owned.y - margin and t.input.y + t.input.h >= t.owned.y + t.owned.h + margin

@@ -133,17 +133,35 @@ def cells_along(length: int, tile: int) -> int:
     return 1 if n == 2 and length <= ONE_TILE_SLACK * tile else n
 
 
-def _axis(start: int, length: int, options: TilingOptions, multiple: int) -> tuple[int, list[tuple[int, int]]]:
-    """Input size along one axis and the (cell start, cell length) list.
+#: Upstream HoverFast reflects 84 px (half its 168-px stride) around an ROI before its one forward
+#: pass, so the ROI's first pixel sits 84 px into the network's input. A network with d levels pools
+#: 2^(d-1) pixels into one, and its maps change with the pooling grid's phase: a 4-px shift moves the
+#: maps of a depth-4 model by up to 0.13 in the middle of a tile and changes 9 % of its nuclei
+#: (docs/FIDELITY.md). Every tile therefore puts its region's pixels on the pooling grid exactly
+#: where upstream's pass puts the ROI's: the same nuclei from the same weights at any depth, and two
+#: tiles of a region see their overlap on the same grid.
+UPSTREAM_ROI_LEAD = 84
 
-    Cells are as equal as integers allow, so no thin last cell pays a whole tile's margins: a
-    4096-px side is two 2048-px cells (1.16 pixels computed per pixel kept), not three (2.25).
+
+def lead_for(margin: int, multiple: int) -> int:
+    """The left (top) context of a tile: at least ``margin``, on upstream's pooling phase."""
+    return margin + (UPSTREAM_ROI_LEAD - margin) % multiple
+
+
+def _axis(start: int, length: int, options: TilingOptions, multiple: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """Input size, left (top) context and the (cell start, cell length) list along one axis.
+
+    Cells are as equal as the pooling grid allows (their starts a multiple of ``multiple`` from the
+    region's), so no thin last cell pays a whole tile's margins: a 4096-px side is two 2048-px cells
+    (1.16 pixels computed per pixel kept), not three (2.25).
     """
     margin = options.overlap_px // 2
+    lead = lead_for(margin, multiple)
     n = cells_along(length, options.tile)
-    bounds = [start + (length * k) // n for k in range(n + 1)]
+    inner = [start + (length * k) // n // multiple * multiple for k in range(1, n)]
+    bounds = [start, *inner, start + length]
     cells = [(a, b - a) for a, b in itertools.pairwise(bounds)]
-    return _round_up(max(c for _, c in cells) + 2 * margin, multiple), cells
+    return _round_up(lead + max(c for _, c in cells) + margin, multiple), lead, cells
 
 
 def computed_pixels(tiles: Sequence[TileSpec]) -> int:
@@ -165,16 +183,15 @@ def plan_tiles(
     regions thus get one small tile instead of a mostly empty large one.
     """
     options = (options or TilingOptions()).resolved()
-    margin = options.overlap_px // 2
-    width, xs = _axis(region.x, region.w, options, multiple)
-    height, ys = _axis(region.y, region.h, options, multiple)
+    width, left, xs = _axis(region.x, region.w, options, multiple)
+    height, top, ys = _axis(region.y, region.h, options, multiple)
     tiles = []
     for cy, ch in ys:
         for cx, cw in xs:
             tiles.append(
                 TileSpec(
                     index=first_index + len(tiles),
-                    input=Box(cx - margin, cy - margin, width, height),
+                    input=Box(cx - left, cy - top, width, height),
                     owned=Box(cx, cy, cw, ch),
                     region=region_index,
                 )
