@@ -143,7 +143,8 @@ if [[ $stage == all || $stage == 10 ]]; then
     --exclude "${HELD_OUT[@]}"
 fi
 if [[ $stage == all || $stage == 11 ]]; then
-  # Stage 11: a fourth sitting of the deeper network, from stage 10's best (full precision; the shipped
+  # Stage 11 (tried, NOT the shipped model; docs/MODEL_CARD.md: validation PQ 0.6067, no better than
+  # stage 10 within noise, and worse on held-out CoNSeP and IHC): a fourth sitting of the deeper network, from stage 10's best (full precision; the shipped
   # v3 weights when stage 10 was not run here), same data and haematoxylin-only share, a lower learning
   # rate on a fresh cosine: each sitting still gained validation PQ (0.5968, 0.6041, 0.6060) and the
   # network still underfits its own MoNuSeg / CoNSeP tiles.
