@@ -342,7 +342,10 @@ def test_a_signal_to_the_process_group_stops_cleanly(tmp_path: Path, ckpt: Path,
     signal, and stderr has no traceback and no resource-tracker warning from any process."""
     out = tmp_path / "cells.geojson"
     cmd = [sys.executable, "-m", "napari_hoverfast", "segment", str(TILE), "-o", str(out), "--model", str(ckpt),
-           "--mpp", "0.25", "--roi", "0", "0", "896", "896", "--tile-size", "384", "--workers", "2", "--device", "cpu"]
+           "--mpp", "0.25", "--roi", "0", "0", "1024", "1024", "--tile-size", "192", "--tta", "--workers", "2", "--device", "cpu"]
+    # 36 small tiles, each through the network four times (--tta): the run still has about 15 s of
+    # work when its first tile is post-processed, so the signal cannot race the run's end (9 tiles
+    # without flips left 1.6 s, and under a loaded suite the run sometimes finished first).
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     stderr = _Stderr(proc)
     if when == "starting":
