@@ -28,7 +28,9 @@ from _timed import Timed, timed  # noqa: E402
 from bench_fidelity import fp32_checkpoint, mosaic  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared"
-#: Upstream's measured peak per pixel of ROI (18.7 GB for 2048², 5.8 GB for 1024²), with margin.
+#: Upstream's measured peak per pixel of ROI, with margin: 18.7 GB for 2048² and 5.8 GB for 1024² with a
+#: depth-3 / wf-4 model (HoverFast's own layout), the hungriest measured; the embedded depth-4 / wf-3
+#: model needs about 2.7 GB per megapixel (11.1 GB for 2048²). Only decides which sizes are skipped.
 UPSTREAM_GB_PER_MPX = 4.6
 
 
