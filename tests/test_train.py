@@ -299,3 +299,33 @@ def test_select_pq_keeps_the_checkpoint_with_the_best_validation_pq(two_tiles: P
                          capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
     assert "kept for its validation PQ 0." in cli.stdout and (tmp_path / "c.pth").is_file()
+
+
+def test_mask_weight_weighs_the_mask_terms_and_reaches_the_weights(two_tiles: Path, tmp_path: Path) -> None:
+    """``--mask-weight`` scales cross-entropy + Dice only, changes what training learns, and is refused
+    in words (and before any file is written) outside (0, 100]."""
+    tiles = load_folder(two_tiles)
+    x, mask, maps = (torch.from_numpy(a) for a in make_batch(tiles, 2, 64, np.random.default_rng(1), AugmentOptions()))
+    net = HoverFastNet(SMALL).eval()
+    with torch.no_grad():
+        logits, pred = net(x)
+    one, parts = hover_loss(logits, pred, mask, maps)
+    three, _ = hover_loss(logits, pred, mask, maps, mask_weight=3.0)
+    assert float(three - one) == pytest.approx(2.0 * (parts["ce"] + parts["dice"]), rel=1e-5)
+
+    def run(name: str, weight: str) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"{name}.pth"
+        rc = main(["train", str(two_tiles), "-o", str(out), "--steps", "2", "--batch-size", "2", "--patch-size", "64",
+                   "--depth", "2", "--wf", "2", "--eval-every", "2", "--device", "cpu", "--precision", "fp32",
+                   "--val", "gbm_02", "--seed", "5", "--mask-weight", weight])
+        assert rc == 0
+        return torch.load(out.with_name(out.stem + ".last.pth"), weights_only=True)["model_dict"]
+
+    plain, heavy = run("plain", "1"), run("heavy", "4")
+    assert any(not torch.equal(plain[k], heavy[k]) for k in plain if plain[k].is_floating_point())
+    for bad in (0.0, -1.0, float("nan"), 101.0):
+        with pytest.raises(ValueError, match="mask weight must be"):
+            TrainOptions(data=(two_tiles,), output=tmp_path / "bad.pth", mask_weight=bad)
+    with pytest.raises(SystemExit):
+        main(["train", str(two_tiles), "-o", str(tmp_path / "bad.pth"), "--mask-weight", "0"])
+    assert not (tmp_path / "bad.pth").exists()

@@ -12,6 +12,7 @@ import math
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -193,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--select", choices=limits.SELECT_RULES, default="loss",
                     help="keep the checkpoint with the lowest validation loss (upstream's rule) or the highest "
                          "validation PQ through the product's post-processing (each evaluation about 1 s per 1000² validation tile on 2 bf16 cores)")
+    tr.add_argument("--mask-weight", type=_rule(_finite, partial(limits.check_loss_weight, "mask weight")), default=1.0, metavar="W",
+                    help="weight of the nucleus-mask loss (cross-entropy + Dice) against the maps' loss (1, as HoVer-Net)")
     return parser
 
 
@@ -234,6 +237,7 @@ def _run_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         set_weights=tuple(args.set_weight),
         select=args.select,
+        mask_weight=args.mask_weight,
         augment=AugmentOptions(haematoxylin_only_probability=args.haematoxylin_only),
     )
     with tqdm(total=options.steps, unit="step", dynamic_ncols=True) as bar:

@@ -23,6 +23,8 @@ from typing import Any
 TILE_RANGE = (64, 8192)
 #: What may pick the checkpoint a training run keeps (``TrainOptions.select``, ``train --select``).
 SELECT_RULES = ("loss", "pq")
+#: Largest weight of one loss term against the others: beyond it the other terms are noise.
+MAX_LOSS_WEIGHT = 100.0
 #: Tiles per forward pass; and pixels per pass, whatever the tile (64 tiles of 2048 px).
 MAX_BATCH = 256
 MAX_BATCH_PIXELS = 64 * 2048 * 2048
@@ -157,6 +159,14 @@ def check_patch_size(value: Any, multiple: int = 1) -> int:
             f"{int(math.log2(multiple))} times): try {max(low, multiple)} or {low + multiple}"
         )
     return size
+
+
+def check_loss_weight(name: str, value: Any) -> float:
+    """A loss term's weight: finite and above 0 (at 0 the term would silently stop training it)."""
+    weight = _finite(name, value)
+    if not 0 < weight <= MAX_LOSS_WEIGHT:
+        raise ValueError(f"{name} must be above 0 and at most {MAX_LOSS_WEIGHT:g}, got {value!r}")
+    return weight
 
 
 def check_learning_rate(value: Any) -> float:

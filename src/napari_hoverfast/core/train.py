@@ -26,6 +26,7 @@ from .limits import (
     check_batch_pixels,
     check_batch_size,
     check_learning_rate,
+    check_loss_weight,
     check_network,
     check_patch_size,
 )
@@ -67,6 +68,10 @@ class TrainOptions:
     #: What picks the checkpoint kept at ``output``: the validation loss (upstream's rule) or the
     #: validation tiles' panoptic quality through the product's post-processing (``train_select``).
     select: Literal["loss", "pq"] = "loss"
+    #: Weight of the nucleus-mask terms (cross-entropy + Dice) against the maps' terms. HoVer-Net's
+    #: loss weighs them 1; the true mask is worth more PQ than the true maps to this small network
+    #: (MODEL_CARD, "Which output limits PQ"), so a recipe may favour it.
+    mask_weight: float = 1.0
 
     def __post_init__(self) -> None:
         """Refuse what would fail hours in or allocate without bound (the ranges live in limits.py,
@@ -96,6 +101,7 @@ class TrainOptions:
                 raise ValueError(f"the set weight of {name!r} must be a finite number above 0, got {weight!r}")
         if len({name for name, _ in self.set_weights}) != len(self.set_weights):
             raise ValueError("each data folder may be given one set weight")
+        check_loss_weight("mask weight", self.mask_weight)
         if self.select not in SELECT_RULES:
             raise ValueError(f"select must be one of {', '.join(map(repr, SELECT_RULES))}, got {self.select!r}")
 
@@ -131,9 +137,14 @@ def _sobel_kernels(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def hover_loss(
-    logits: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, target_maps: torch.Tensor
+    logits: torch.Tensor,
+    maps: torch.Tensor,
+    mask: torch.Tensor,
+    target_maps: torch.Tensor,
+    mask_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """HoVer-Net's loss: CE + Dice (mask) + MSE + 2·MSGE (maps); returns the total and its parts."""
+    """HoVer-Net's loss: w·(CE + Dice) (mask) + MSE + 2·MSGE (maps), w = 1 as published; returns the
+    total and its (unweighted) parts."""
     logits = logits.float()
     maps = maps.float()
     ce = F.cross_entropy(logits, mask)
@@ -149,7 +160,7 @@ def hover_loss(
         grads.append((pred_g - true_g) ** 2)
     focus = fg.unsqueeze(1)
     msge = (torch.cat(grads, dim=1) * focus).sum() / (2.0 * focus.sum() + 1e-6)
-    total = ce + dice + mse + 2.0 * msge
+    total = mask_weight * (ce + dice) + mse + 2.0 * msge
     parts = {"ce": ce.item(), "dice": dice.item(), "mse": mse.item(), "msge": msge.item()}
     return total, parts
 
@@ -281,7 +292,7 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
             for batch in val:
                 x, mask, maps = _to_tensors(batch, device)
                 logits, pred = net(x)
-                total += float(hover_loss(logits, pred, mask, maps)[0])
+                total += float(hover_loss(logits, pred, mask, maps, options.mask_weight)[0])
         net.train()
         return total / max(1, len(val))
 
@@ -298,7 +309,7 @@ def train_iter(options: TrainOptions) -> Generator[TrainProgress, None, TrainRes
         x, mask, maps = _to_tensors(make_batch(train_tiles, options.batch_size, options.patch_size, rng, options.augment, dict(options.set_weights)), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits, pred = net(x)
-        loss_t, _ = hover_loss(logits, pred, mask, maps)
+        loss_t, _ = hover_loss(logits, pred, mask, maps, options.mask_weight)
         optimizer.zero_grad(set_to_none=True)
         loss_t.backward()
         optimizer.step()
