@@ -123,15 +123,20 @@ def test_train_cli(two_tiles: Path, tmp_path: Path, capsys) -> None:
     assert load_checkpoint(out, device="cpu").config.wf == 2
 
 
+def _two_step_weights(data: Path, out: Path, *flags: str) -> dict[str, torch.Tensor]:
+    """The weights after two seeded CPU steps of ``train`` with these extra flags: runs that differ
+    only in one flag show whether that flag reaches training."""
+    rc = main(["train", str(data), "-o", str(out), "--steps", "2", "--batch-size", "2", "--patch-size", "64",
+               "--depth", "2", "--wf", "2", "--eval-every", "2", "--device", "cpu", "--precision", "fp32",
+               "--val", "gbm_02", "--seed", "5", *flags])
+    assert rc == 0
+    return torch.load(out.with_name(out.stem + ".last.pth"), weights_only=True)["model_dict"]
+
+
 def test_train_cli_haematoxylin_only_reaches_the_batches(two_tiles: Path, tmp_path: Path) -> None:
     """``--haematoxylin-only`` changes what is trained on: same seed, different weights; the same flag twice, the same."""
     def run(name: str, share: str) -> dict[str, torch.Tensor]:
-        out = tmp_path / f"{name}.pth"
-        rc = main(["train", str(two_tiles), "-o", str(out), "--steps", "2", "--batch-size", "2", "--patch-size", "64",
-                   "--depth", "2", "--wf", "2", "--eval-every", "2", "--device", "cpu", "--precision", "fp32",
-                   "--val", "gbm_02", "--seed", "5", "--haematoxylin-only", share])
-        assert rc == 0
-        return torch.load(out.with_name(out.stem + ".last.pth"), weights_only=True)["model_dict"]
+        return _two_step_weights(two_tiles, tmp_path / f"{name}.pth", "--haematoxylin-only", share)
 
     plain, again, redrawn = run("plain", "0"), run("again", "0"), run("redrawn", "1")
     assert all(torch.equal(plain[k], again[k]) for k in plain)
@@ -301,7 +306,7 @@ def test_select_pq_keeps_the_checkpoint_with_the_best_validation_pq(two_tiles: P
     assert "kept for its validation PQ 0." in cli.stdout and (tmp_path / "c.pth").is_file()
 
 
-def test_mask_weight_weighs_the_mask_terms_and_reaches_the_weights(two_tiles: Path, tmp_path: Path) -> None:
+def test_mask_weight_weighs_the_mask_terms_and_reaches_the_weights(two_tiles: Path, tmp_path: Path, capsys) -> None:
     """``--mask-weight`` scales cross-entropy + Dice only, changes what training learns, and is refused
     in words (and before any file is written) outside (0, 100]."""
     tiles = load_folder(two_tiles)
@@ -313,19 +318,14 @@ def test_mask_weight_weighs_the_mask_terms_and_reaches_the_weights(two_tiles: Pa
     three, _ = hover_loss(logits, pred, mask, maps, mask_weight=3.0)
     assert float(three - one) == pytest.approx(2.0 * (parts["ce"] + parts["dice"]), rel=1e-5)
 
-    def run(name: str, weight: str) -> dict[str, torch.Tensor]:
-        out = tmp_path / f"{name}.pth"
-        rc = main(["train", str(two_tiles), "-o", str(out), "--steps", "2", "--batch-size", "2", "--patch-size", "64",
-                   "--depth", "2", "--wf", "2", "--eval-every", "2", "--device", "cpu", "--precision", "fp32",
-                   "--val", "gbm_02", "--seed", "5", "--mask-weight", weight])
-        assert rc == 0
-        return torch.load(out.with_name(out.stem + ".last.pth"), weights_only=True)["model_dict"]
-
-    plain, heavy = run("plain", "1"), run("heavy", "4")
+    plain = _two_step_weights(two_tiles, tmp_path / "plain.pth", "--mask-weight", "1")
+    heavy = _two_step_weights(two_tiles, tmp_path / "heavy.pth", "--mask-weight", "4")
     assert any(not torch.equal(plain[k], heavy[k]) for k in plain if plain[k].is_floating_point())
     for bad in (0.0, -1.0, float("nan"), 101.0):
         with pytest.raises(ValueError, match="mask weight must be"):
             TrainOptions(data=(two_tiles,), output=tmp_path / "bad.pth", mask_weight=bad)
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["train", str(two_tiles), "-o", str(tmp_path / "bad.pth"), "--mask-weight", "0"])
+    assert "mask weight must be above 0 and at most 100, got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "bad.pth").exists()
